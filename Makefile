@@ -1,0 +1,63 @@
+# Plinth — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest
+SERVICES ?= identity auth authz audit
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security \
+        lint format migrate shell bench admin service clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create the virtualenv and install everything
+
+run: $(STAMP)  ## start the whole platform locally (Ctrl-C stops it)
+	$(BIN)/python -m deploy.local.run
+
+test: $(STAMP)  ## run the whole test suite
+	$(PYTEST) tests
+
+test-unit: $(STAMP)  ## unit tests (no broker or database)
+	$(PYTEST) tests/unit
+
+test-integration: $(STAMP)  ## integration tests against RabbitMQ and PostgreSQL
+	$(PYTEST) tests/integration
+
+test-e2e: $(STAMP)  ## end-to-end tests through real processes
+	$(PYTEST) tests/e2e
+
+test-fault: $(STAMP)  ## fault-injection tests
+	$(PYTEST) tests/fault
+
+test-security: $(STAMP)  ## security tests
+	$(PYTEST) tests/security
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check .
+
+format: $(STAMP)  ## ruff format and import sorting
+	$(BIN)/ruff check --fix --select I .
+
+migrate: $(STAMP)  ## apply every service's migrations (SERVICES="identity ..." to choose)
+	$(BIN)/python -m shared.migrations $(SERVICES)
+
+shell: $(STAMP)  ## nameko shell for one service: make shell SVC=identity
+	@test -n "$(SVC)" || { echo "usage: make shell SVC=identity"; exit 2; }
+	$(BIN)/nameko shell --config config/$(SVC).yaml
+
+bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md
+	$(BIN)/python -m tests.bench
+
+clean:  ## remove local state (var/) and caches
+	rm -rf var .pytest_cache .ruff_cache

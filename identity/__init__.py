@@ -1,0 +1,1 @@
+"""identity: who exists — users, their status and their passwords."""

@@ -1,0 +1,84 @@
+from identity import schemas, users
+from identity.dependencies import Passwords
+from identity.models import Base
+from shared.db import Database
+from shared.errors import NotFound
+from shared.rpc import load, rpc
+from shared import service as kernel  # not imported by name: nameko would take it for a service
+
+SENSITIVE = ("password", "old_password", "new_password", "data")
+
+
+def _payload(data, fields):
+    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
+    if data is None:
+        return fields
+    if not isinstance(data, dict):
+        return data  # load() rejects it with a clear error
+    return {**data, **fields}
+
+
+class IdentityService(kernel.ServiceBase):
+    name = "identity"
+
+    db = Database(Base.metadata)
+    passwords = Passwords()
+
+    @rpc(sensitive_arguments=SENSITIVE)
+    def create_user(self, data=None, **fields):
+        payload = load(schemas.CreateUserSchema(), _payload(data, fields))
+        return users.to_dict(users.create(self.db, self.passwords, payload))
+
+    @rpc
+    def get_user(self, user_id):
+        return users.to_dict(users.get(self.db, user_id))
+
+    @rpc
+    def get_user_by_email(self, email):
+        user = users.by_email(self.db, email)
+        if user is None or user.status == "deleted":
+            raise NotFound("no user with that email", {"email": ["not found"]})
+        return users.to_dict(user)
+
+    @rpc
+    def list_users(self, filters=None, **fields):
+        return users.page(self.db, load(schemas.ListUsersSchema(), _payload(filters, fields)))
+
+    @rpc
+    def update_user(self, user_id, changes=None, **fields):
+        users.check_id(user_id)
+        payload = load(schemas.UpdateUserSchema(), _payload(changes, fields))
+        return users.to_dict(users.update(self.db, user_id, payload))
+
+    @rpc(sensitive_arguments=SENSITIVE)
+    def change_password(self, user_id, old_password=None, new_password=None):
+        users.check_id(user_id)
+        payload = load(schemas.ChangePasswordSchema(),
+                       {"old_password": old_password, "new_password": new_password})
+        user = users.change_password(self.db, self.passwords, user_id, **payload)
+        return users.to_dict(user)
+
+    @rpc(sensitive_arguments=SENSITIVE)
+    def set_password(self, user_id, password=None):
+        users.check_id(user_id)
+        payload = load(schemas.SetPasswordSchema(), {"password": password})
+        user = users.set_password(self.db, self.passwords, user_id, payload["password"],
+                                  by="admin")
+        return users.to_dict(user)
+
+    @rpc
+    def disable_user(self, user_id):
+        return users.to_dict(users.set_status(self.db, user_id, "disabled"))
+
+    @rpc
+    def enable_user(self, user_id):
+        return users.to_dict(users.set_status(self.db, user_id, "active"))
+
+    @rpc
+    def delete_user(self, user_id):
+        return users.to_dict(users.delete(self.db, user_id))
+
+    @rpc(sensitive_arguments=SENSITIVE)
+    def verify_credentials(self, email=None, password=None):
+        payload = load(schemas.CredentialsSchema(), {"email": email, "password": password})
+        return users.to_dict(users.verify(self.db, self.passwords, **payload))

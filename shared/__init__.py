@@ -1,0 +1,1 @@
+"""Plinth's kernel: infrastructure shared by every service, never business logic."""

@@ -1,0 +1,238 @@
+"""Database access: an engine per service schema and a unit of work per worker."""
+
+import logging
+
+import sqlalchemy as sa
+from nameko.extensions import DependencyProvider
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import config as cfg
+from shared import outbox
+
+__all__ = ["Database", "UnitOfWork", "make_engine", "is_sqlite", "DB_URI_KEY", "UTCDateTime",
+           "service_metadata"]
+
+DB_URI_KEY = cfg.DB_URI_KEY
+log = logging.getLogger(__name__)
+
+
+def _green_psycopg():
+    """Make psycopg2 yield to eventlet's hub while it waits on the network, if eventlet is on."""
+    try:
+        from eventlet import patcher
+    except ImportError:  # pragma: no cover - eventlet is a dependency
+        return
+    if patcher.is_monkey_patched("socket"):
+        from psycogreen.eventlet import patch_psycopg
+
+        patch_psycopg()
+
+
+def is_sqlite(engine_or_url):
+    url = getattr(engine_or_url, "url", engine_or_url)
+    return make_url(str(url) if not hasattr(url, "get_backend_name") else url) \
+        .get_backend_name() == "sqlite"
+
+
+def _normalise(uri):
+    if uri.startswith("postgres://"):
+        uri = "postgresql://" + uri[len("postgres://"):]
+    if uri.startswith("postgresql://"):
+        uri = "postgresql+psycopg2://" + uri[len("postgresql://"):]
+    return uri
+
+
+def make_engine(uri, schema, pool_size=10, application_name=None):
+    """An engine whose tables live in ``schema``.
+
+    On PostgreSQL tables are created in that schema. SQLite has no schemas, so the schema is
+    translated away and the tables live in the service's own database file.
+    """
+    url = make_url(_normalise(uri))
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            from pathlib import Path
+
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            if url.database and url.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine.execution_options(schema_translate_map={schema: None})
+
+    _green_psycopg()
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        connect_args={
+            "connect_timeout": 3,
+            "application_name": application_name or f"plinth-{schema}",
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+        },
+    )
+
+
+class UnitOfWork:
+    """A worker's session plus the outbox of events that commit with it.
+
+    Usable without a container: give it a sessionmaker, a service name and context data.
+    """
+
+    def __init__(self, session_factory, service, context_data=None, on_commit=None):
+        self._factory = session_factory
+        self.service = service
+        self.context_data = context_data if context_data is not None else {}
+        self._on_commit = on_commit
+        self._session = None
+        self._emitted = 0
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._factory()
+        return self._session
+
+    def emit(self, event_type, subject, data=None, actor=None):
+        """Queue ``event_type`` in the outbox; it is published only if this unit commits."""
+        envelope = outbox.envelope(self.service, event_type, subject, data or {},
+                                   self.context_data, actor=actor)
+        outbox.add(self.session, self.service, envelope)
+        self._emitted += 1
+        return envelope
+
+    def claim(self, event):
+        """Record that ``event`` (an envelope or an event id) is being handled.
+
+        Returns False, with the session rolled back, when it was handled before: the caller
+        must skip it. Call it first in a handler, before any other change.
+        """
+        event_id = event.get("event_id") if isinstance(event, dict) else event
+        if not event_id:
+            return True
+        try:
+            outbox.record_processed(self.session, self.service, str(event_id))
+            self.session.flush()
+        except IntegrityError:
+            self.session.rollback()
+            return False
+        return True
+
+    def commit(self):
+        self.session.commit()
+        if self._emitted and self._on_commit:
+            self._on_commit()
+        self._emitted = 0
+
+    def rollback(self):
+        if self._session is not None:
+            self._session.rollback()
+        self._emitted = 0
+
+    def close(self):
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+class Database(DependencyProvider):
+    """A unit of work per worker on the service's own schema, migrated at start.
+
+    Config: ``DB_URI`` (else ``<SERVICE>_DB_URI``, else SQLite under var/),
+    ``MIGRATE_ON_START`` (default true), ``DB_POOL_SIZE``, ``OUTBOX_POLL_INTERVAL``.
+    """
+
+    def __init__(self, metadata, migrations=None):
+        self.metadata = metadata
+        self.migrations = migrations
+        self.engine = None
+        self.relay = None
+
+    def setup(self):
+        from shared import migrations
+
+        service = self.container.service_name
+        config = self.container.config
+        self.uri = cfg.db_uri(service, config)
+        self.engine = make_engine(self.uri, service,
+                                  pool_size=cfg.setting(config, "DB_POOL_SIZE", 10, int))
+        if cfg.setting(config, "MIGRATE_ON_START", True, bool):
+            migrations.upgrade(service, self.engine, self.migrations)
+        else:
+            migrations.ensure_current(service, self.engine, self.migrations)
+        self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.relay = outbox.Relay(
+            self.engine, service, config[cfg.AMQP_URI_KEY],
+            interval=cfg.setting(config, "OUTBOX_POLL_INTERVAL", 0.5, float),
+        )
+
+    def start(self):
+        self.container.spawn_managed_thread(self.relay.run, identifier="outbox-relay")
+
+    def stop(self):
+        if self.relay:
+            self.relay.stop()
+
+    def kill(self):
+        self.stop()
+
+    def get_dependency(self, worker_ctx):
+        return UnitOfWork(self.sessions, self.container.service_name,
+                          worker_ctx.context_data, on_commit=self.relay.wake)
+
+    def worker_teardown(self, worker_ctx):
+        uow = getattr(worker_ctx.service, self.attr_name, None)
+        if isinstance(uow, UnitOfWork):
+            try:
+                uow.rollback()
+            finally:
+                uow.close()
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite returns naive values)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given; use UTC-aware datetimes")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def service_metadata(service):
+    """The MetaData of a service's models: its schema, naming convention and outbox tables."""
+    metadata = sa.MetaData(schema=service, naming_convention=NAMING_CONVENTION)
+    outbox.define_tables(metadata)
+    return metadata

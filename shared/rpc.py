@@ -1,0 +1,57 @@
+"""The RPC entrypoint every service uses, and input validation through marshmallow."""
+
+import logging
+import uuid
+
+from marshmallow import ValidationError
+from nameko.rpc import Rpc as _NamekoRpc
+
+from shared.errors import InternalError, Invalid, PlinthError
+
+__all__ = ["Rpc", "rpc", "load", "dump"]
+
+log = logging.getLogger(__name__)
+
+
+class Rpc(_NamekoRpc):
+    """nameko's RPC entrypoint, with typed errors as the only errors a caller can see.
+
+    A ``PlinthError`` travels to the caller as itself. Anything else is logged here with a
+    reference and replaced by an ``InternalError`` carrying only that reference, so internals
+    (SQL, paths, stack frames) never leave the service.
+    """
+
+    def __init__(self, expected_exceptions=(), **kwargs):
+        if not isinstance(expected_exceptions, tuple):
+            expected_exceptions = (expected_exceptions,)
+        super().__init__(expected_exceptions=expected_exceptions + (PlinthError,), **kwargs)
+
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        if exc_info is not None and not isinstance(exc_info[1], PlinthError):
+            reference = uuid.uuid4().hex[:12]
+            log.error("unexpected error in %s.%s, reference %s: %s",
+                      self.container.service_name, self.method_name, reference,
+                      type(exc_info[1]).__name__)
+            error = InternalError(f"internal error (reference {reference})",
+                                  {"reference": reference})
+            exc_info = (InternalError, error, None)
+        return super().handle_result(message, worker_ctx, result, exc_info)
+
+
+rpc = Rpc.decorator
+
+
+def load(schema, data, partial=None):
+    """Validate ``data`` with ``schema``; bad input raises ``Invalid`` naming every field."""
+    if not isinstance(data, dict):
+        raise Invalid("input must be an object", {"_schema": ["must be an object"]})
+    try:
+        return schema.load(data, partial=partial)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise Invalid("invalid input: " + ", ".join(sorted(map(str, messages))),
+                      messages) from None
+
+
+def dump(schema, obj, many=False):
+    return schema.dump(obj, many=many)

@@ -1,0 +1,252 @@
+"""A thread-safe RPC client speaking nameko's wire protocol over one kept AMQP connection.
+
+nameko's standalone ``ClusterRpcProxy`` is one connection and one reply queue per proxy and
+is not safe to share between threads. This client is shared: any number of threads call
+through one connection; a reader thread routes replies to callers by correlation id. It needs
+no eventlet, so it works in gunicorn's threads, and it reconnects by itself after a broker
+outage. Calls to a service with no running instance fail at once (mandatory publish), not at
+their timeout.
+"""
+
+import itertools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from urllib.parse import unquote, urlparse
+
+import amqp
+from nameko.exceptions import deserialize
+
+import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
+from shared.errors import Unavailable
+
+__all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
+
+log = logging.getLogger(__name__)
+RPC_EXCHANGE = "nameko-rpc"
+
+
+class RpcTimeout(Unavailable):
+    """No reply within the call's timeout (the gateway answers 504)."""
+
+    kind, status, title = "timeout", 504, "Gateway timeout"
+
+
+class ServiceNotRunning(Unavailable):
+    """No instance of the service is consuming its RPC queue."""
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker cannot be reached right now."""
+
+
+class _Pending:
+    __slots__ = ("event", "body", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.body = None
+        self.error = None
+
+
+def _connection_params(amqp_uri, connect_timeout):
+    url = urlparse(amqp_uri)
+    vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
+    return dict(
+        host=f"{url.hostname or 'localhost'}:{url.port or 5672}",
+        userid=unquote(url.username or "guest"),
+        password=unquote(url.password or "guest"),
+        virtual_host=vhost or "/",
+        connect_timeout=connect_timeout,
+        heartbeat=0,
+        # Without connection.blocked, py-amqp's basic_publish does not read from the socket
+        # (it drains events to look for blocked notices), so only the reader thread reads.
+        client_properties={"capabilities": {
+            "publisher_confirms": True, "exchange_exchange_bindings": True,
+            "basic.nack": True, "consumer_cancel_notify": True,
+            "authentication_failure_close": True, "per_consumer_qos": True,
+        }},
+    )
+
+
+class RpcClient:
+    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None):
+        self.amqp_uri = amqp_uri
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.name = name or f"rpc.reply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._pending = {}
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._conn = None
+        self._pub = None
+        self._pub_conn = None
+        self._generation = 0
+        self._closed = False
+        self._ready = threading.Event()
+        self._counter = itertools.count()
+        self._reader = None
+        self.last_error = None
+
+    # -- connection ---------------------------------------------------------------------------
+    def _connect(self):
+        params = _connection_params(self.amqp_uri, self.connect_timeout)
+        # Two connections so that each socket is used by one thread at a time: py-amqp is not
+        # thread-safe. The reader thread alone reads ``sub``; callers publish on ``pub`` under
+        # the write lock and read its returns (unroutable calls) there too.
+        sub = amqp.Connection(**params)
+        sub.connect()
+        channel = sub.channel()
+        channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
+        channel.queue_declare(self.name, exclusive=True, auto_delete=True)
+        channel.queue_bind(self.name, RPC_EXCHANGE, routing_key=self.name)
+        channel.basic_consume(self.name, callback=self._on_reply, no_ack=True)
+        # publisher confirms: the broker answers every publish, and an unroutable call (no
+        # instance running) comes back as a basic.return before that answer, so it fails now
+        pub = amqp.Connection(confirm_publish=True, **params)
+        try:
+            pub.connect()
+            pub_channel = pub.channel()
+            pub_channel.events["basic_return"].add(self._on_return)
+        except Exception:
+            sub.collect()
+            raise
+        with self._write_lock:
+            self._conn, self._pub_conn, self._pub = sub, pub, pub_channel
+        self._generation += 1
+        self.last_error = None
+        self._ready.set()
+
+    def _disconnect(self, error):
+        self._ready.clear()
+        self.last_error = error
+        with self._write_lock:
+            conns = (self._conn, self._pub_conn)
+            self._conn = self._pub_conn = self._pub = None
+        for conn in conns:
+            if conn is not None:
+                try:
+                    conn.collect()
+                except Exception:  # noqa: BLE001 - the connection is already broken
+                    pass
+        # a reply can no longer reach callers waiting on the old reply queue
+        with self._pending_lock:
+            waiting = list(self._pending.values())
+            self._pending.clear()
+        for pending in waiting:
+            pending.error = BrokerUnavailable("lost the connection to the message broker")
+            pending.event.set()
+
+    def start(self):
+        """Connect (best effort) and start the reader thread; idempotent."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._run, name="rpc-client-reader",
+                                            daemon=True)
+            self._reader.start()
+        return self
+
+    def _run(self):
+        failures = 0
+        while not self._closed:
+            if self._conn is None:
+                try:
+                    self._connect()
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - retried with backoff
+                    failures += 1
+                    self.last_error = exc
+                    time.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
+                    continue
+            try:
+                self._conn.drain_events(timeout=0.5)
+            except socket.timeout:
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure means reconnect
+                if not self._closed:
+                    log.warning("rpc client lost the broker: %s: %s", type(exc).__name__, exc)
+                self._disconnect(exc)
+        # closed: the reader closes its own sockets, so no other thread touches them meanwhile
+        self._disconnect(None)
+
+    @property
+    def connected(self):
+        return self._ready.is_set()
+
+    def wait_connected(self, timeout=5.0):
+        self.start()
+        return self._ready.wait(timeout)
+
+    def close(self):
+        self._closed = True
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+        else:
+            self._disconnect(None)
+
+    # -- replies ------------------------------------------------------------------------------
+    def _on_reply(self, message):
+        with self._pending_lock:
+            pending = self._pending.pop(message.properties.get("correlation_id"), None)
+        if pending is not None:
+            pending.body = message.body
+            pending.event.set()
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        with self._pending_lock:
+            pending = self._pending.pop(message.properties.get("correlation_id"), None)
+        if pending is not None:
+            service = routing_key.split(".", 1)[0]
+            pending.error = ServiceNotRunning(f"no instance of {service} is running",
+                                              {"service": service})
+            pending.event.set()
+
+    # -- calls --------------------------------------------------------------------------------
+    def call(self, service, method, args=(), kwargs=None, timeout=None, context=None):
+        """Call ``service.method`` and return its result or raise its (typed) error."""
+        timeout = self.timeout if timeout is None else timeout
+        if not self._ready.is_set():
+            self.start()
+            if not self._ready.wait(min(timeout, self.connect_timeout)):
+                raise BrokerUnavailable("the message broker is unreachable")
+        correlation_id = uuid.uuid4().hex
+        pending = _Pending()
+        headers = {f"nameko.{k}": v for k, v in (context or {}).items() if v is not None}
+        body = json.dumps({"args": list(args), "kwargs": kwargs or {}})
+        message = amqp.Message(body, content_type="application/json",
+                               content_encoding="utf-8", correlation_id=correlation_id,
+                               reply_to=self.name, application_headers=headers,
+                               delivery_mode=1)
+        with self._pending_lock:
+            self._pending[correlation_id] = pending
+        try:
+            with self._write_lock:
+                if self._pub is None:
+                    raise BrokerUnavailable("the message broker is unreachable")
+                self._pub.basic_publish(message, exchange=RPC_EXCHANGE,
+                                        routing_key=f"{service}.{method}", mandatory=True,
+                                        confirm_timeout=self.connect_timeout)
+        except BrokerUnavailable:
+            self._forget(correlation_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the socket is broken; the reader reconnects
+            self._forget(correlation_id)
+            raise BrokerUnavailable(f"could not publish to the broker ({type(exc).__name__})") \
+                from None
+        if not pending.event.wait(timeout):
+            self._forget(correlation_id)
+            raise RpcTimeout(f"{service}.{method} did not answer within {timeout:g}s",
+                             {"service": service, "timeout": timeout})
+        if pending.error is not None:
+            raise pending.error
+        reply = json.loads(pending.body)
+        if reply.get("error"):
+            raise deserialize(reply["error"])
+        return reply.get("result")
+
+    def _forget(self, correlation_id):
+        with self._pending_lock:
+            self._pending.pop(correlation_id, None)

@@ -1,0 +1,43 @@
+"""The base every service class derives from: request context and health endpoints."""
+
+import json
+
+from nameko.web.handlers import http
+from werkzeug.wrappers import Response
+
+from shared.context import RequestContext
+from shared.health import Health
+
+__all__ = ["ServiceBase", "json_response"]
+
+
+def json_response(body, status=200):
+    return Response(json.dumps(body), status=status, mimetype="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+class ServiceBase:
+    """Gives a service ``self.context`` and ``/health/live``, ``/health/ready``, ``/health``.
+
+    Import this module, not the class (``from shared import service as kernel``): nameko run
+    takes every top-level class with entrypoints in a service module for a service.
+    Subclasses set ``name`` and add their own dependencies (``db = Database(...)``) and
+    entrypoints.
+    """
+
+    context = RequestContext()
+    health = Health()
+
+    @http("GET", "/health/live")
+    def health_live(self, request):
+        return json_response(self.health.live())
+
+    @http("GET", "/health/ready")
+    def health_ready(self, request):
+        ready, body = self.health.ready()
+        return json_response(body, 200 if ready else 503)
+
+    @http("GET", "/health")
+    def health_detail(self, request):
+        status, body = self.health.detail()
+        return json_response(body, 503 if status == "unhealthy" else 200)

@@ -1,0 +1,105 @@
+# nameko's pytest plugin stopped monkey-patching in 2.14; the services' code expects green
+# sockets and threads, so this must run before anything imports socket or threading users.
+import eventlet
+
+eventlet.monkey_patch()
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+from nameko.testing.utils import find_free_port  # noqa: E402
+
+from shared.rpc_client import RpcClient  # noqa: E402
+
+PG_ADMIN_URI = os.environ.get("PLINTH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+CHEAP_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024, "ARGON2_PARALLELISM": 1}
+
+
+def _admin_engine():
+    from shared.db import make_engine
+
+    return make_engine(PG_ADMIN_URI, "public").execution_options(isolation_level="AUTOCOMMIT")
+
+
+def create_database(prefix="plinth_test"):
+    """A fresh PostgreSQL database; returns its URI."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return PG_ADMIN_URI.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(uri):
+    name = uri.rsplit("/", 1)[1]
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_uri():
+    """One PostgreSQL database for the session; every service has its own schema in it."""
+    uri = create_database()
+    yield uri
+    drop_database(uri)
+
+
+@pytest.fixture
+def fresh_pg_uri():
+    """A PostgreSQL database of the test's own, for tests that need an empty one."""
+    uri = create_database()
+    yield uri
+    drop_database(uri)
+
+
+@pytest.fixture
+def amqp_uri(rabbit_config):
+    """A RabbitMQ vhost of the test's own (nameko's plugin creates and deletes it)."""
+    return rabbit_config["AMQP_URI"]
+
+
+@pytest.fixture
+def service_config(amqp_uri, pg_uri):
+    """Build a nameko config for a service under test: real broker and PostgreSQL."""
+
+    def make(db_uri=None, **overrides):
+        config = {
+            "AMQP_URI": amqp_uri,
+            "DB_URI": db_uri or pg_uri,
+            "WEB_SERVER_ADDRESS": f"127.0.0.1:{find_free_port()}",
+            "OUTBOX_POLL_INTERVAL": 0.05,
+            "max_workers": 10,
+            **CHEAP_ARGON2,
+        }
+        config.update(overrides)
+        return config
+
+    return make
+
+
+@pytest.fixture
+def rpc(amqp_uri):
+    """The platform's thread-safe RPC client on the test's vhost."""
+    client = RpcClient(amqp_uri, timeout=10)
+    client.start()
+    assert client.wait_connected(10), client.last_error
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_service(amqp_uri, service_config, container_factory):
+    """Start a service container on the test's vhost and database; killed before the vhost
+    goes (this fixture depends on the vhost, so it is torn down first)."""
+
+    def start(service_cls, **overrides):
+        container = container_factory(service_cls, service_config(**overrides))
+        container.start()
+        return container
+
+    return start
