@@ -1,10 +1,10 @@
 from identity import schemas, users
 from identity.dependencies import Passwords
 from identity.models import Base
+from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import NotFound
 from shared.rpc import load, rpc
-from shared import service as kernel  # not imported by name: nameko would take it for a service
 
 SENSITIVE = ("password", "old_password", "new_password", "data")
 

@@ -73,6 +73,7 @@ def secret(config, key, development_default=None):
     value = setting(config, key)
     if is_production(config):
         if value is None or str(value).strip().lower() in PLACEHOLDER_SECRETS:
-            raise ConfigError(f"{key} must be set to a real secret when {ENVIRONMENT_KEY}=production")
+            raise ConfigError(
+                f"{key} must be set to a real secret when {ENVIRONMENT_KEY}=production")
         return value
     return value if value else development_default

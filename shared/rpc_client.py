@@ -12,7 +12,6 @@ import itertools
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -163,7 +162,7 @@ class RpcClient:
                     continue
             try:
                 self._conn.drain_events(timeout=0.5)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
                 if not self._closed:

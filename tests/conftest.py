@@ -4,14 +4,32 @@ import eventlet
 
 eventlet.monkey_patch()
 
+import gc  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
 import uuid  # noqa: E402
 
+import greenlet  # noqa: E402
 import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from nameko.testing.utils import find_free_port  # noqa: E402
 
 from shared.rpc_client import RpcClient  # noqa: E402
+
+
+def _dump_greenlets(signum, frame):
+    """`kill -USR1 <pid>` prints where every greenthread is waiting (to debug a hang)."""
+    out = sys.__stderr__
+    for ob in gc.get_objects():
+        if isinstance(ob, greenlet.greenlet) and ob.gr_frame is not None:
+            print(f"--- {ob!r}", file=out)
+            traceback.print_stack(ob.gr_frame, file=out)
+    out.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_greenlets)
 
 PG_ADMIN_URI = os.environ.get("PLINTH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CHEAP_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024, "ARGON2_PARALLELISM": 1}
@@ -93,9 +111,29 @@ def rpc(amqp_uri):
 
 
 @pytest.fixture
-def start_service(amqp_uri, service_config, container_factory):
-    """Start a service container on the test's vhost and database; killed before the vhost
-    goes (this fixture depends on the vhost, so it is torn down first)."""
+def fault_proxy():
+    """Make FaultProxy instances that outlive the test's containers (see start_service)."""
+    from tests.support.faultproxy import FaultProxy
+
+    proxies = []
+
+    def make(target_port, target_host="127.0.0.1"):
+        proxy = FaultProxy((target_host, target_port))
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def start_service(amqp_uri, service_config, fault_proxy, container_factory):
+    """Start a service container on the test's vhost and database.
+
+    It is killed before the vhost and any fault proxy go (it depends on both, so it is torn
+    down first): nameko cannot kill a container whose broker has vanished.
+    """
 
     def start(service_cls, **overrides):
         container = container_factory(service_cls, service_config(**overrides))

@@ -1,7 +1,7 @@
 """create users, outbox and processed_events
 
 Revision ID: e523ffa788c3
-Revises: 
+Revises:
 Create Date: 2026-11-22 08:57:48.168787
 """
 import sqlalchemy as sa
