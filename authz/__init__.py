@@ -1,0 +1,1 @@
+"""authz: what you may do — roles, permissions, assignments and permission checks."""

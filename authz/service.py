@@ -1,0 +1,156 @@
+import logging
+
+import eventlet
+from nameko.dependency_providers import Config
+from nameko.events import event_handler
+from nameko.exceptions import UnknownService
+from nameko.rpc import RpcProxy
+
+from authz import assignments, effective, roles, schemas
+from authz.bootstrap import BootstrapAdmin
+from authz.models import Base
+from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.config import setting
+from shared.db import Database
+from shared.errors import Unavailable
+from shared.ids import is_uuid
+from shared.rpc import load, rpc
+
+log = logging.getLogger(__name__)
+
+IDENTITY_TIMEOUT_KEY = "IDENTITY_RPC_TIMEOUT"
+
+
+def _payload(data, fields):
+    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
+    if data is None:
+        return fields
+    if not isinstance(data, dict):
+        return data  # load() rejects it with a clear error
+    return {**data, **fields}
+
+
+def _as_list(value):
+    return [value] if isinstance(value, str) else value
+
+
+class AuthzService(kernel.ServiceBase):
+    name = "authz"
+
+    config = Config()
+    db = Database(Base.metadata)
+    identity_rpc = RpcProxy("identity")
+    bootstrap_admin = BootstrapAdmin()
+
+    # -- roles --------------------------------------------------------------------------------
+    @rpc
+    def create_role(self, data=None, **fields):
+        return roles.create(self.db, load(schemas.CreateRoleSchema(), _payload(data, fields)))
+
+    @rpc
+    def update_role(self, name, changes=None, **fields):
+        name = load(schemas.RoleNameSchema(), {"role": name})["role"]
+        payload = load(schemas.UpdateRoleSchema(), _payload(changes, fields))
+        return roles.update(self.db, name, payload)
+
+    @rpc
+    def delete_role(self, name):
+        return roles.delete(self.db, load(schemas.RoleNameSchema(), {"role": name})["role"])
+
+    @rpc
+    def get_role(self, name):
+        return roles.describe(self.db, load(schemas.RoleNameSchema(), {"role": name})["role"])
+
+    @rpc
+    def list_roles(self):
+        return roles.list_all(self.db)
+
+    @rpc
+    def grant(self, role, permissions=None):
+        payload = load(schemas.GrantSchema(), {"role": role, "permissions": _as_list(permissions)})
+        return roles.grant(self.db, payload["role"], payload["permissions"])
+
+    @rpc
+    def revoke(self, role, permissions=None):
+        payload = load(schemas.GrantSchema(), {"role": role, "permissions": _as_list(permissions)})
+        return roles.revoke(self.db, payload["role"], payload["permissions"])
+
+    # -- assignments --------------------------------------------------------------------------
+    @rpc
+    def assign_role(self, user_id, role, scope=None):
+        payload = load(schemas.AssignmentSchema(),
+                       {"user_id": user_id, "role": role, "scope": scope})
+        self._require_user(payload["user_id"])
+        assignment, created = assignments.assign(self.db, **payload)
+        return {**assignment, "created": created}
+
+    @rpc
+    def unassign_role(self, user_id, role, scope=None):
+        payload = load(schemas.AssignmentSchema(),
+                       {"user_id": user_id, "role": role, "scope": scope})
+        return {**payload, "removed": assignments.unassign(self.db, **payload)}
+
+    @rpc
+    def roles_of(self, user_id):
+        payload = load(schemas.UserSchema(), {"user_id": user_id})
+        return assignments.roles_of(self.db, payload["user_id"])
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @rpc
+    def permissions_of(self, user_id, scope=None):
+        payload = load(schemas.UserScopeSchema(), {"user_id": user_id, "scope": scope})
+        grants = effective.read(self.db.session, payload["user_id"], payload["scope"])
+        return sorted(grants.in_scope(payload["scope"]))
+
+    @rpc
+    def effective_permissions(self, user_id):
+        """Every scope at once, in the shape ``permissions.Grants.from_dict`` takes (for the
+        gateway's cache)."""
+        payload = load(schemas.UserSchema(), {"user_id": user_id})
+        grants = effective.read(self.db.session, payload["user_id"], every_scope=True)
+        return {"user_id": payload["user_id"], **grants.to_dict()}
+
+    @rpc
+    def check(self, user_id, permission, scope=None):
+        payload = load(schemas.CheckSchema(),
+                       {"user_id": user_id, "permission": permission, "scope": scope})
+        grants = effective.read(self.db.session, payload["user_id"], payload["scope"])
+        return grants.allows(payload["permission"], payload["scope"])
+
+    # -- identity's events --------------------------------------------------------------------
+    @event_handler("identity", "user.created")
+    def on_user_created(self, payload):
+        user_id = self._subject(payload)
+        if user_id is None or not self.db.claim(payload):
+            return
+        assignments.on_user_created(self.db, user_id)
+
+    @event_handler("identity", "user.deleted")
+    def on_user_deleted(self, payload):
+        user_id = self._subject(payload)
+        if user_id is None or not self.db.claim(payload):
+            return
+        assignments.on_user_deleted(self.db, user_id)
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _subject(payload):
+        subject = payload.get("subject") if isinstance(payload, dict) else None
+        if not is_uuid(subject):
+            log.error("ignoring an identity event without a user id as subject: %r",
+                      (payload or {}).get("event_id") if isinstance(payload, dict) else None)
+            return None
+        return subject
+
+    def _require_user(self, user_id):
+        """identity's NotFound when the user does not exist (or was deleted)."""
+        timeout = setting(self.config, IDENTITY_TIMEOUT_KEY, 5.0, float)
+        try:
+            with eventlet.Timeout(timeout):
+                self.identity_rpc.get_user(user_id)
+        except eventlet.Timeout:
+            raise Unavailable(f"identity did not answer within {timeout:g}s; try again",
+                              {"service": "identity"}) from None
+        except UnknownService:
+            raise Unavailable("identity is not running; try again",
+                              {"service": "identity"}) from None
