@@ -59,5 +59,9 @@ shell: $(STAMP)  ## nameko shell for one service: make shell SVC=identity
 bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md
 	$(BIN)/python -m tests.bench
 
+admin: $(STAMP)  ## create or promote an administrator: make admin EMAIL=you@example.com
+	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }
+	$(BIN)/python -m authz.admin --email "$(EMAIL)" --config config/authz.yaml
+
 clean:  ## remove local state (var/) and caches
 	rm -rf var .pytest_cache .ruff_cache

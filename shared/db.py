@@ -74,7 +74,10 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # no pre-ping (a round trip per checkout): a connection found dead raises once and
+        # SQLAlchemy then replaces the whole pool, so the service recovers without a restart
+        pool_pre_ping=False,
+        pool_recycle=1800,
         pool_timeout=5,
         connect_args={
             "connect_timeout": 3,

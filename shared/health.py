@@ -91,9 +91,10 @@ class HealthReport:
 
     def detail(self):
         checks = self.checks()
+        advisories = self.provider.run_soft_checks()
         failed = [c for c in checks if not c.ok]
         if not failed and self.provider.state == "running":
-            status = "healthy"
+            status = "healthy" if all(a.ok for a in advisories) else "degraded"
         elif failed and any(c.name in ("database", "broker") for c in failed):
             status = "unhealthy"
         else:
@@ -107,7 +108,7 @@ class HealthReport:
             "state": provider.state,
             "uptime_s": round(time.monotonic() - provider.started, 1),
             "pid": os.getpid(),
-            "checks": {c.name: c.to_dict() for c in checks},
+            "checks": {c.name: c.to_dict() for c in checks + advisories},
             **provider.extra_info(),
         }
 
@@ -121,6 +122,9 @@ class Health(DependencyProvider):
         self.instance_id = None
         self._cache = (0.0, [])
         self.extras = []
+        # advisory checks (e.g. the registry): shown in /health and make it "degraded", but never
+        # fail readiness -- a working instance must not leave service because Consul is away
+        self.soft_checks = []
 
     def setup(self):
         from shared.db import Database
@@ -138,6 +142,13 @@ class Health(DependencyProvider):
 
     def kill(self):
         self.state = "stopping"
+
+    def begin_stopping(self):
+        """Fail readiness from the moment the container starts to stop (before the drain)."""
+        self.state = "stopping"
+
+    def run_soft_checks(self):
+        return [soft() for soft in self.soft_checks]
 
     def extra_info(self):
         info = {}

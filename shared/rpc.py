@@ -4,6 +4,15 @@ import logging
 import uuid
 
 from marshmallow import ValidationError
+from nameko.amqp.publish import Publisher
+from nameko.constants import (
+    AMQP_SSL_CONFIG_KEY,
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_SERIALIZER,
+    LOGIN_METHOD_CONFIG_KEY,
+    SERIALIZER_CONFIG_KEY,
+)
+from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 from nameko.rpc import Rpc as _NamekoRpc
 
 from shared.errors import InternalError, Invalid, PlinthError
@@ -13,6 +22,32 @@ __all__ = ["Rpc", "rpc", "load", "dump"]
 log = logging.getLogger(__name__)
 
 
+class _ReplyPublisher(Publisher):
+    # A reply needs no publisher confirm: if it is lost the caller times out, which is what
+    # it would see anyway. Waiting for the confirm cost a broker round trip on every call.
+    use_confirms = False
+    delivery_mode = 1
+
+
+class _Responder(Responder):
+    publisher_cls = _ReplyPublisher
+
+
+class _RpcConsumer(RpcConsumer):
+    """nameko's RPC consumer, replying without publisher confirms (see _ReplyPublisher)."""
+
+    def handle_result(self, message, result, exc_info):
+        config = self.container.config
+        responder = _Responder(
+            config[AMQP_URI_CONFIG_KEY], get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY), login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+        )
+        result, exc_info = responder.send_response(result, exc_info)
+        self.queue_consumer.ack_message(message)
+        return result, exc_info
+
+
 class Rpc(_NamekoRpc):
     """nameko's RPC entrypoint, with typed errors as the only errors a caller can see.
 
@@ -20,6 +55,8 @@ class Rpc(_NamekoRpc):
     reference and replaced by an ``InternalError`` carrying only that reference, so internals
     (SQL, paths, stack frames) never leave the service.
     """
+
+    rpc_consumer = _RpcConsumer()
 
     def __init__(self, expected_exceptions=(), **kwargs):
         if not isinstance(expected_exceptions, tuple):

@@ -7,6 +7,7 @@ from werkzeug.wrappers import Response
 
 from shared.context import RequestContext
 from shared.health import Health
+from shared.registry import Registration, deregister_first
 
 __all__ = ["ServiceBase", "json_response"]
 
@@ -17,7 +18,8 @@ def json_response(body, status=200):
 
 
 class ServiceBase:
-    """Gives a service ``self.context`` and ``/health/live``, ``/health/ready``, ``/health``.
+    """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health`` and
+    its registration with Consul (``self.registration``; see shared.registry).
 
     Import this module, not the class (``from shared import service as kernel``): nameko run
     takes every top-level class with entrypoints in a service module for a service.
@@ -27,12 +29,14 @@ class ServiceBase:
 
     context = RequestContext()
     health = Health()
+    registration = Registration()
 
     @http("GET", "/health/live")
     def health_live(self, request):
         return json_response(self.health.live())
 
     @http("GET", "/health/ready")
+    @deregister_first  # Consul checks this route; on stop the instance leaves Consul first
     def health_ready(self, request):
         ready, body = self.health.ready()
         return json_response(body, 200 if ready else 503)
