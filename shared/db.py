@@ -151,6 +151,22 @@ class UnitOfWork:
             self._session.close()
             self._session = None
 
+    def discard(self):
+        """End the unit of work whatever state its connection is in (it may be dead)."""
+        if self._session is None:
+            return
+        try:
+            self._session.rollback()
+            self._session.close()
+        except Exception as exc:  # noqa: BLE001 - a dead connection cannot even roll back
+            log.info("discarding a broken database session (%s)", type(exc).__name__)
+            try:
+                self._session.invalidate()
+            except Exception:  # noqa: BLE001 - nothing more can be done with it
+                pass
+        self._session = None
+        self._emitted = 0
+
 
 class Database(DependencyProvider):
     """A unit of work per worker on the service's own schema, migrated at start.
@@ -198,12 +214,10 @@ class Database(DependencyProvider):
                           worker_ctx.context_data, on_commit=self.relay.wake)
 
     def worker_teardown(self, worker_ctx):
+        # an exception here would kill the whole container, so discard() never raises
         uow = getattr(worker_ctx.service, self.attr_name, None)
         if isinstance(uow, UnitOfWork):
-            try:
-                uow.rollback()
-            finally:
-                uow.close()
+            uow.discard()
 
 
 class UTCDateTime(sa.types.TypeDecorator):

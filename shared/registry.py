@@ -43,6 +43,7 @@ __all__ = [
     "RESYNC_INTERVAL_KEY",
     "RETRY_MAX_KEY",
     "REQUEST_TIMEOUT_KEY",
+    "DEFAULT_REQUEST_TIMEOUT",
     "ServiceRegistry",
     "ConsulRegistry",
     "Instance",

@@ -15,7 +15,7 @@ from nameko.constants import (
 from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 from nameko.rpc import Rpc as _NamekoRpc
 
-from shared.errors import InternalError, Invalid, PlinthError
+from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 
 __all__ = ["Rpc", "rpc", "load", "dump"]
 
@@ -64,6 +64,12 @@ class Rpc(_NamekoRpc):
         super().__init__(expected_exceptions=expected_exceptions + (PlinthError,), **kwargs)
 
     def handle_result(self, message, worker_ctx, result, exc_info):
+        if exc_info is not None and _is_outage(exc_info[1]):
+            log.warning("%s.%s: a dependency is unavailable: %s", self.container.service_name,
+                        self.method_name, type(exc_info[1]).__name__)
+            error = Unavailable(f"{self.container.service_name} cannot reach a dependency; "
+                                "retry shortly")
+            exc_info = (Unavailable, error, None)
         if exc_info is not None and not isinstance(exc_info[1], PlinthError):
             reference = uuid.uuid4().hex[:12]
             log.error("unexpected error in %s.%s, reference %s: %s",
@@ -76,6 +82,16 @@ class Rpc(_NamekoRpc):
 
 
 rpc = Rpc.decorator
+
+
+def _is_outage(exc):
+    """A lost database or broker connection: the caller should retry, not see a 500."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, (OperationalError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def load(schema, data, partial=None):

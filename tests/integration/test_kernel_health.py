@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import requests
 import sqlalchemy as sa
 
@@ -87,3 +88,26 @@ def test_readiness_fails_when_migrations_are_behind(start_service, fresh_pg_uri)
     down = _wait_status(_url(container, "/health/ready"), 503)
     assert down.json()["checks"]["migrations"]["status"] == "down"
     engine.dispose()
+
+
+def test_calls_during_a_database_outage_fail_as_unavailable_and_recover(start_service, pg_uri,
+                                                                        fault_proxy, rpc):
+    from shared.errors import Unavailable
+
+    dbname = pg_uri.rsplit("/", 1)[1]
+    proxy = fault_proxy(5432)
+    start_service(IdentityService, DB_URI=f"postgresql://postgres@127.0.0.1:{proxy.port}/{dbname}")
+    assert "items" in rpc.call("identity", "list_users", kwargs={"limit": 1})
+    proxy.cut()
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            rpc.call("identity", "list_users", kwargs={"limit": 1}, timeout=15)
+    proxy.restore()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert "items" in rpc.call("identity", "list_users", kwargs={"limit": 1})
+            break
+        except Unavailable:
+            assert time.monotonic() < deadline, "did not recover without a restart"
+            time.sleep(0.2)
