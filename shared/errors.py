@@ -1,5 +1,7 @@
 """Typed errors that cross RPC keeping their kind, and the mapping of each kind to HTTP."""
 
+import json
+
 from nameko.exceptions import registry as _nameko_remote_errors
 
 __all__ = [
@@ -19,8 +21,8 @@ __all__ = [
 class PlinthError(Exception):
     """Base of every error a service raises on purpose.
 
-    ``args`` are always JSON-serialisable so that nameko can carry them to the caller, where
-    the same class is rebuilt from them (see the registration at the bottom of this module).
+    ``args`` are (message, details as JSON text), so that nameko can carry them to the
+    caller, where the same class is rebuilt from them (see the registration at the bottom).
     """
 
     kind = "error"
@@ -28,9 +30,13 @@ class PlinthError(Exception):
     title = "Error"
 
     def __init__(self, message="", details=None):
+        if isinstance(details, str):  # rebuilt from RPC: details travel as JSON text
+            details = json.loads(details)
         self.message = message or self.title
         self.details = details or {}
-        super().__init__(self.message, self.details)
+        # nameko stringifies every non-string it finds in args, so numbers and None in the
+        # details would arrive as text; one JSON string keeps their types
+        super().__init__(self.message, json.dumps(self.details, default=str))
 
     def __str__(self):
         return self.message

@@ -16,11 +16,12 @@ from shared.rpc import load
 
 @pytest.mark.parametrize("cls", list(errors.ERROR_KINDS.values()))
 def test_typed_errors_survive_nameko_serialisation_with_their_kind(cls):
-    original = cls("went wrong", {"field": ["bad"]})
+    details = {"field": ["bad"], "retry_after": 3, "reference": None, "ok": True}
+    original = cls("went wrong", details)
     rebuilt = deserialize(json.loads(json.dumps(serialize(original))))
     assert type(rebuilt) is cls
     assert rebuilt.message == "went wrong"
-    assert rebuilt.details == {"field": ["bad"]}
+    assert rebuilt.details == details
 
 
 def test_foreign_exceptions_arrive_as_remote_errors_not_typed_ones():

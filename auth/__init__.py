@@ -1,0 +1,1 @@
+"""auth: who you are, proven — logins, access and refresh tokens, signing keys, throttling."""

@@ -1,0 +1,136 @@
+import functools
+import logging
+from datetime import timedelta
+
+from nameko.events import event_handler
+from nameko.rpc import RpcProxy
+from nameko.timer import timer
+
+from auth import keys, logins, schemas, sessions, throttle
+from auth.dependencies import Guard, TokenKeys, call_with_timeout
+from auth.models import Base
+from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.db import Database
+from shared.errors import Conflict
+from shared.rpc import load, rpc
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL = 300
+SESSION_RETENTION = timedelta(days=1)
+KEY_ROTATED = "signing_key.rotated"
+# built once: a schema's construction costs more than a load, and loads share no state
+LOGIN, REFRESH_TOKEN, ACCESS_TOKEN = (schemas.LoginSchema(), schemas.RefreshTokenSchema(),
+                                      schemas.AccessTokenSchema())
+USER_ID, END_SESSION = schemas.UserIdSchema(), schemas.EndSessionSchema()
+
+
+class AuthService(kernel.ServiceBase):
+    name = "auth"
+
+    db = Database(Base.metadata)
+    tokens = TokenKeys()
+    guard = Guard()
+    identity_rpc = RpcProxy("identity")
+
+    def _identity(self, method):
+        return functools.partial(call_with_timeout, getattr(self.identity_rpc, method),
+                                 self.guard.identity_timeout)
+
+    @rpc(sensitive_arguments=("password",))
+    def login(self, email=None, password=None, client=None):
+        data = {"email": email, "password": password}
+        if client is not None:
+            data["client"] = client
+        payload = load(LOGIN, data)
+        return logins.login(self.db, self.tokens, self.guard,
+                            self._identity("verify_credentials"), **payload)
+
+    @rpc(sensitive_arguments=("refresh_token",))
+    def refresh(self, refresh_token=None):
+        payload = load(REFRESH_TOKEN, {"refresh_token": refresh_token})
+        return logins.refresh(self.db, self.tokens, self.guard, self._identity("get_user"),
+                              payload["refresh_token"])
+
+    @rpc(sensitive_arguments=("refresh_token",))
+    def logout(self, refresh_token=None):
+        payload = load(REFRESH_TOKEN, {"refresh_token": refresh_token})
+        return {"revoked": sessions.logout(self.db, payload["refresh_token"])}
+
+    @rpc
+    def end_session(self, session_id=None, user_id=None):
+        payload = load(END_SESSION, {"session_id": session_id, "user_id": user_id})
+        return {"revoked": sessions.end(self.db, **payload)}
+
+    @rpc
+    def logout_all(self, user_id=None):
+        payload = load(USER_ID, {"user_id": user_id})
+        revoked = sessions.revoke_all(self.db, payload["user_id"], "logout_all")
+        self.db.commit()
+        return {"revoked": revoked}
+
+    @rpc
+    def sessions_of(self, user_id=None):
+        payload = load(USER_ID, {"user_id": user_id})
+        return sessions.active_of(self.db, payload["user_id"])
+
+    @rpc(sensitive_arguments=("access_token",))
+    def verify_token(self, access_token=None):
+        payload = load(ACCESS_TOKEN, {"access_token": access_token})
+        return self.tokens.verify(payload["access_token"])
+
+    @rpc
+    def jwks(self):
+        return self.tokens.jwks()
+
+    @rpc
+    def rotate_keys(self):
+        return self._rotate("manual")
+
+    def _rotate(self, reason):
+        row, previous = self.tokens.rotate(self.db.session)
+        self.db.emit(KEY_ROTATED, row.kid, {"kid": row.kid, "alg": row.alg,
+                                            "previous_kid": previous, "reason": reason})
+        self.db.commit()
+        self.tokens.keyring.forget()
+        log.info("signing key rotated", extra={"kid": row.kid, "previous_kid": previous})
+        return {"kid": row.kid, "alg": row.alg, "previous_kid": previous}
+
+    @event_handler("identity", "user.password_changed")
+    def on_password_changed(self, payload):
+        self._revoke_all_for(payload, "password_changed")
+
+    @event_handler("identity", "user.disabled")
+    def on_user_disabled(self, payload):
+        self._revoke_all_for(payload, "user_disabled")
+
+    @event_handler("identity", "user.deleted")
+    def on_user_deleted(self, payload):
+        self._revoke_all_for(payload, "user_deleted")
+
+    def _revoke_all_for(self, payload, reason):
+        """None of the user's sessions may outlive these identity events (idempotent)."""
+        if not self.db.claim(payload):
+            return
+        count = sessions.revoke_all(self.db, payload["subject"], reason)
+        self.db.commit()
+        log.info("revoked %d session(s) after %s", count, payload["event_type"],
+                 extra={"user_id": payload["subject"]})
+
+    @timer(interval=MAINTENANCE_INTERVAL)
+    def maintenance(self):
+        """Forget what has expired, and rotate the signing key when it reaches its age."""
+        stamp = sessions.now_utc()
+        session = self.db.session
+        pruned = (sessions.prune(session, stamp, SESSION_RETENTION),
+                  throttle.prune(session, stamp, self.guard.policy), keys.prune(session, stamp))
+        self.db.commit()
+        if any(pruned):
+            log.info("pruned %d sessions, %d throttle counters, %d retired keys", *pruned)
+        max_age = self.tokens.key_max_age_days
+        active = keys.active_row(session)
+        if max_age and active is not None and stamp - active.created_at > timedelta(days=max_age):
+            try:
+                self._rotate("scheduled")
+            except Conflict:
+                pass  # another instance rotated at the same moment

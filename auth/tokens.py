@@ -1,0 +1,120 @@
+"""Access tokens (JWT, RFC 9068 shaped) and opaque refresh tokens."""
+
+import hashlib
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from jwt.exceptions import InvalidIssuedAtError, InvalidJTIError, InvalidSubjectError
+
+from shared.errors import Unauthorized
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+# RFC 9068 §2.1: "at+jwt"; RFC 8725 §3.11 allows the full media type too
+ACCEPTED_TYPES = {"at+jwt", "application/at+jwt"}
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "sid", "typ")
+MAX_TOKEN_LENGTH = 8192
+REFRESH_TOKEN_BYTES = 32  # 256 bits
+_REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    issuer: str = "plinth"
+    audience: str = "plinth-api"
+    access_ttl: int = 900
+    refresh_ttl: int = 30 * 24 * 3600
+    leeway: int = 30
+
+
+def issue_access_token(signer, settings, user_id, session_id, now=None):
+    """(token, claims) for ``user_id`` in session ``session_id``, signed with ``signer``."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": settings.issuer,
+        "aud": settings.audience,
+        "sub": user_id,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + settings.access_ttl,
+        "jti": uuid.uuid4().hex,
+        "sid": session_id,
+        "typ": ACCESS_TOKEN_TYPE,
+    }
+    token = jwt.encode(claims, signer.private_key, algorithm=signer.alg,
+                       headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE})
+    return token, claims
+
+
+def rejected(reason, message):
+    return Unauthorized(f"invalid access token: {message}", {"reason": reason})
+
+
+def verify_access_token(token, keyring, settings):
+    """The claims of a valid access token; otherwise Unauthorized with a ``reason`` detail.
+
+    The algorithm comes from the key the ``kid`` names, never from the token, so neither
+    ``alg: none`` nor an HMAC token keyed with a public key can pass.
+    """
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise rejected("malformed", "not a token")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise rejected("malformed", "not a well-formed JWT") from None
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise rejected("unknown_key", "no key id")
+    verifier = keyring.verifier(kid)
+    if verifier is None:
+        raise rejected("unknown_key", "signed with an unknown or retired key")
+    if header.get("alg") != verifier.alg:
+        raise rejected("algorithm", "algorithm not allowed")
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        raise rejected("type", "not an access token")
+    try:
+        claims = jwt.decode(
+            token, verifier.public_key, algorithms=[verifier.alg], audience=settings.audience,
+            issuer=settings.issuer, leeway=settings.leeway,
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise rejected("expired", "expired") from None
+    except jwt.ImmatureSignatureError:
+        raise rejected("not_yet_valid", "not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise rejected("audience", "wrong audience") from None
+    except jwt.InvalidIssuerError:
+        raise rejected("issuer", "wrong issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise rejected("claims", f"missing claim {exc.claim}") from None
+    except (InvalidSubjectError, InvalidJTIError, InvalidIssuedAtError):
+        raise rejected("claims", "a claim has the wrong type") from None
+    except jwt.InvalidSignatureError:
+        raise rejected("signature", "bad signature") from None
+    except jwt.InvalidTokenError:
+        raise rejected("malformed", "not a well-formed access token") from None
+    if claims.get("typ") != ACCESS_TOKEN_TYPE:
+        raise rejected("type", "not an access token")
+    for name in ("sub", "jti", "sid"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise rejected("claims", f"claim {name} is not a string")
+    return claims
+
+
+def new_refresh_token():
+    """An opaque refresh token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def looks_like_refresh_token(value):
+    return isinstance(value, str) and bool(_REFRESH_TOKEN.match(value))
+
+
+def hash_refresh_token(token):
+    """What the database keeps instead of the token. 256 random bits need no slow hash."""
+    return hashlib.sha256(token.encode()).hexdigest()
