@@ -1,0 +1,28 @@
+#!/bin/sh
+# Run one Plinth process: a service by name, the gateway, or the migrations.
+set -eu
+role="${1:-gateway}"
+case "$role" in
+  gateway)
+    export GATEWAY_BIND="${GATEWAY_BIND:-0.0.0.0:${PORT:-8000}}"
+    exec gunicorn -c deploy/gunicorn.conf.py gateway.wsgi:app
+    ;;
+  migrate)
+    # apply every service's migrations as the schema owners, then narrow the app roles
+    python -m shared.migrations ${SERVICES:-identity auth authz audit}
+    exec python -m deploy.grants
+    ;;
+  -*|sh|bash|python)
+    exec "$@"
+    ;;
+  *)
+    if [ ! -f "config/$role.yaml" ]; then
+      echo "unknown role '$role': expected gateway, migrate or a service with config/$role.yaml" >&2
+      exit 64
+    fi
+    upper=$(echo "$role" | tr '[:lower:]' '[:upper:]')
+    # the service's web server (health endpoints, Consul's check) on $PORT
+    eval "export ${upper}_WEB_ADDRESS=\"\${${upper}_WEB_ADDRESS:-0.0.0.0:${PORT:-8000}}\""
+    exec nameko run --config "config/$role.yaml" "$role.service"
+    ;;
+esac

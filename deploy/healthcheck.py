@@ -1,0 +1,18 @@
+"""The image's HEALTHCHECK: GET /health/ready on this container's $PORT (stdlib only)."""
+
+import os
+import sys
+import urllib.request
+
+
+def main():
+    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - local URL
+            return 0 if response.status == 200 else 1
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
