@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
-SERVICES ?= identity auth authz audit
+# every package with its own migrations: the core services and any made by `make service`
+SERVICES ?= $(sort $(patsubst %/migrations/env.py,%,$(wildcard */migrations/env.py)))
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security \
@@ -62,6 +63,10 @@ bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md
 admin: $(STAMP)  ## create or promote an administrator: make admin EMAIL=you@example.com
 	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }
 	$(BIN)/python -m authz.admin --email "$(EMAIL)" --config config/authz.yaml
+
+service: $(STAMP)  ## generate a feature service: make service NAME=billing
+	@test -n "$(NAME)" || { echo "usage: make service NAME=billing"; exit 2; }
+	$(BIN)/python -m deploy.scaffold "$(NAME)"
 
 clean:  ## remove local state (var/) and caches
 	rm -rf var .pytest_cache .ruff_cache

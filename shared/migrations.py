@@ -169,14 +169,19 @@ def _run_migrations(context, connection, metadata, service):
         context.run_migrations()
 
 
+def _services_here():
+    """Packages in the working directory that have their own migrations."""
+    return sorted(p.parent.parent.name for p in Path.cwd().glob("*/migrations/env.py")
+                  if (p.parent.parent / "service.py").exists())
+
+
 def main(argv=None):
     """``python -m shared.migrations [service ...]``: migrate the named (or all core) services."""
     from shared.db import make_engine
     from shared.logs import configure
 
     configure()
-    services = (argv if argv is not None else sys.argv[1:]) or ["identity", "auth", "authz",
-                                                                "audit"]
+    services = (argv if argv is not None else sys.argv[1:]) or _services_here()
     for service in services:
         try:
             importlib.import_module(service)

@@ -12,6 +12,7 @@ in SQLite files under var/ unless ``<SERVICE>_DB_URI`` points elsewhere.
 """
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,8 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("identity", "auth", "authz", "audit")
-DEFAULT_PORTS = {"identity": 8101, "auth": 8102, "authz": 8103, "audit": 8104}
+CORE = ("identity", "auth", "authz", "audit")
+
+
+def discover_services(root=ROOT):
+    """Every service in the tree: a config/<name>.yaml beside a <name>/service.py, with the
+    port its config defaults to. Core services first; feature services (make service) after."""
+    found = {}
+    for config in sorted((root / "config").glob("*.yaml")):
+        name = config.stem
+        if not (root / name / "service.py").exists():
+            continue
+        match = re.search(r"_WEB_ADDRESS:[\d.]+:(\d+)\}", config.read_text())
+        found[name] = int(match.group(1)) if match else None
+    return {name: found[name] for name in [*CORE, *sorted(set(found) - set(CORE))]
+            if name in found}
+
+
+DEFAULT_PORTS = discover_services()
+SERVICES = tuple(DEFAULT_PORTS)
 READY_TIMEOUT = float(os.environ.get("PLINTH_READY_TIMEOUT", "90"))
 STOP_TIMEOUT = 20.0
 
@@ -184,7 +202,7 @@ class Platform:
                     f"{service}.service"]
             started.append(self.spawn(service, argv, env,
                                       f"http://{s.host}:{s.port(service)}/health/ready"))
-        say("starting identity, auth, authz, audit (nameko run)")
+        say(f"starting {', '.join(SERVICES)} (nameko run)")
         self.wait_ready(started)
 
     def start_gateway(self):

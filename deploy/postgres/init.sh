@@ -4,7 +4,7 @@
 # gets its grants from `deploy/grants.py` after the migrations. Passwords come from the
 # environment; nothing secret is written in this file.
 set -eu
-for svc in identity auth authz audit; do
+for svc in ${PLINTH_SERVICES:-identity auth authz audit}; do
   upper=$(echo "$svc" | tr '[:lower:]' '[:upper:]')
   owner_pw=$(eval echo "\${${upper}_OWNER_PASSWORD:?set ${upper}_OWNER_PASSWORD}")
   app_pw=$(eval echo "\${${upper}_APP_PASSWORD:?set ${upper}_APP_PASSWORD}")
