@@ -403,6 +403,9 @@ class Registration(DependencyProvider):
         self.check_status = None
         self.last_error = None
         self.registered_at = None
+        self._stopping = False
+        self._wake = self._lock = None  # eventlet primitives, made in setup()
+        self._may_be_registered = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -412,10 +415,8 @@ class Registration(DependencyProvider):
 
         config = self.container.config
         self.address = str(cfg.setting(config, CONSUL_HTTP_ADDR_KEY, "") or "").strip()
-        self._stopping = False
         self._wake = eventlet.event.Event()
         self._lock = eventlet.semaphore.Semaphore()
-        self._may_be_registered = False
         self._thread = None
         self._attach_to_health(advisory=bool(self.address))
         if not self.address:
@@ -556,7 +557,7 @@ class Registration(DependencyProvider):
 
     def withdraw(self, timeout=None):
         """Deregister now and stop re-registering (idempotent). Errors are logged only."""
-        if self.registry is None or self._stopping:
+        if self.registry is None or self._stopping or self._lock is None:
             self._stopping = True
             return
         self._stopping = True
