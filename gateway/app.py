@@ -1,0 +1,143 @@
+"""The application factory: wires the route table, RPC pool, security, authorisation cache,
+rate limits, errors, metrics, docs and health into one Flask app."""
+
+import logging
+import os
+
+from flask import Flask, g, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway import dispatch, errors, headers, health, limits, metrics, observability, openapi
+from gateway import settings as settings_module
+from gateway.authz_cache import EventListener, PermissionCache
+from gateway.limits import RateLimits
+from gateway.routes import RATE_CLASSES, load_routes
+from gateway.rpc import RpcPool
+from gateway.security import Jwks, TokenValidator, bearer_token
+from shared import context
+from shared.errors import PlinthError
+
+__all__ = ["create_app", "Gateway", "warm_up"]
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """What one gateway process holds: its settings, routes and clients."""
+
+    def __init__(self, settings, routes):
+        self.settings = settings
+        self.routes = routes
+        get = settings.get_as
+        self.rpc = RpcPool(settings["AMQP_URI"], timeout=get("RPC_TIMEOUT", float),
+                           connect_timeout=get("RPC_CONNECT_TIMEOUT", float),
+                           backend=settings.get("RPC_BACKEND") or "pooled",
+                           size=get("RPC_POOL_SIZE", int))
+        jwks_timeout = get("JWKS_TIMEOUT", float)
+        self.jwks = Jwks(
+            lambda: self.rpc.call("auth", "jwks", timeout=jwks_timeout,
+                                  context={"request_id": context.new_request_id(),
+                                           "actor_type": "system", "actor_id": "gateway"}),
+            algorithms=settings.get_list("JWT_ALGORITHMS"),
+            refetch_interval=get("JWKS_REFETCH_INTERVAL", float),
+            max_age=get("JWKS_MAX_AGE", float))
+        self.validator = TokenValidator(self.jwks, settings.get("JWT_ISSUER"),
+                                        settings.get("JWT_AUDIENCE"),
+                                        leeway=get("JWT_LEEWAY", int),
+                                        algorithms=settings.get_list("JWT_ALGORITHMS"))
+        authz_timeout = get("AUTHZ_TIMEOUT", float)
+        self.permissions = PermissionCache(
+            lambda user_id: self.rpc.call("authz", "effective_permissions",
+                                          kwargs={"user_id": user_id}, timeout=authz_timeout,
+                                          context=dispatch.rpc_context()),
+            max_size=get("AUTHZ_CACHE_SIZE", int), ttl=get("AUTHZ_CACHE_TTL", float))
+        self.listener = None
+        if get("AUTHZ_EVENTS", bool):
+            self.listener = EventListener(settings["AMQP_URI"], self.permissions)
+            self.permissions.trusted = lambda: self.listener.connected
+        self.limits = RateLimits(settings, RATE_CLASSES)
+        self._pid = None
+
+    def ensure_started(self):
+        """Start this process's background parts (after a fork, in the worker)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        if self.listener is not None:
+            self.listener.start()
+        self.rpc.connected()  # creates and starts the process's client
+
+    def close(self):
+        if self.listener is not None:
+            self.listener.stop()
+        self.rpc.close()
+        self._pid = None
+
+
+def _identify(state):
+    def identify():
+        state.ensure_started()
+        g.principal = None
+        g.auth_error = None
+        header = request.headers.get("Authorization")
+        if header is None:
+            return
+        try:
+            g.principal = state.validator.validate(bearer_token(header))
+        except PlinthError as exc:
+            g.auth_error = exc  # raised by routes that need a caller; public ones ignore it
+            return
+        context.actor_var.set(context.Actor(g.principal.user_id, g.principal.actor_type))
+
+    return identify
+
+
+def _jwks_view(state):
+    def jwks():
+        response = jsonify(state.jwks.document())
+        response.headers["Cache-Control"] = "public, max-age=60"
+        return response
+
+    return jwks
+
+
+def create_app(config=None):
+    """A gateway app. ``config`` overrides config/gateway.yaml (see gateway/settings.py)."""
+    settings = settings_module.load(config)
+    routes = load_routes(settings.get("ROUTES_DIR"))
+    app = Flask("gateway")
+    app.config["MAX_CONTENT_LENGTH"] = settings.get_as("MAX_CONTENT_LENGTH", int)
+    app.json.sort_keys = False
+    proxies = settings.get_as("TRUSTED_PROXIES", int)
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+
+    state = Gateway(settings, routes)
+    app.extensions["plinth"] = state
+
+    # order matters: before_request run in this order, after_request in the reverse one
+    observability.register(app, access=settings.get_as("ACCESS_LOG", bool))
+    app.before_request(_identify(state))
+    app.after_request(headers.security_headers(settings.get_as("HSTS_SECONDS", int)))
+    app.after_request(limits.rate_limit_headers)
+    headers.setup_cors(app, settings)
+    errors.register(app)
+
+    for route in routes:
+        app.add_url_rule(route.rule, route.endpoint, dispatch.make_view(route, state),
+                         methods=[route.method])
+    app.add_url_rule("/.well-known/jwks.json", "jwks", _jwks_view(state), methods=["GET"])
+    health.register(app, state)
+    if settings.get_as("METRICS_ENABLED", bool):
+        metrics.register(app)
+    openapi.register(app, routes, docs=settings.get_as("DOCS_ENABLED", bool))
+    return app
+
+
+def warm_up(app, timeout=5.0):
+    """Connect and load auth's keys now rather than at the first request (best effort)."""
+    state = app.extensions["plinth"]
+    state.ensure_started()
+    state.rpc.connected(wait=timeout)
+    if not state.jwks.loaded:
+        state.jwks.refresh(force=True)

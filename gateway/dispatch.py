@@ -1,0 +1,174 @@
+"""Turns a route-table entry into a Flask view: authenticate, authorise, validate, call, answer.
+
+The same generic steps serve every entry, core or feature service, in this order:
+0. the route class's rate limits (per IP, and per user with a valid token): 429;
+1. the caller (a valid bearer token) unless the route is public: 401;
+2. the route's permission from the authorisation cache: 403;
+3. path parameters, query and JSON body through the route's schemas: 400 / 415;
+4. one RPC to the route's target with the route's timeout, the request id and the actor;
+5. the result through the response schema, with the route's success status.
+"""
+
+import json
+import logging
+
+from flask import current_app, g, request
+from marshmallow import ValidationError, fields
+
+from gateway.errors import UnsupportedMediaType
+from shared.errors import Forbidden, Invalid, Unauthorized
+
+__all__ = ["make_view", "rpc_context", "require_principal"]
+
+log = logging.getLogger("gateway.dispatch")
+
+
+def rpc_context():
+    """The nameko context data of this request: request id and actor."""
+    context = {"request_id": g.request_id}
+    principal = g.get("principal")
+    if principal is not None:
+        context["actor_id"] = principal.user_id
+        context["actor_type"] = principal.actor_type
+    return context
+
+
+def require_principal():
+    principal = g.get("principal")
+    if principal is not None:
+        return principal
+    error = g.get("auth_error")
+    if error is not None:
+        if isinstance(error, Unauthorized):
+            g.token_rejected = True
+        raise error
+    raise Unauthorized("an access token is required (Authorization: Bearer <token>)",
+                       {"reason": "missing"})
+
+
+def _load(schema, data, where):
+    if schema is None:
+        return {}
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        if where != "body":
+            messages = {(k if k != "_schema" else f"_{where}"): v for k, v in messages.items()}
+        names = ", ".join(sorted(map(str, messages)))
+        raise Invalid(f"invalid {where}: {names}", messages) from None
+
+
+def _query_values(schema):
+    """The query string as a dict: list fields take every value, others the only one."""
+    declared = schema.fields if schema is not None else {}
+    values = {}
+    for name in request.args:
+        items = request.args.getlist(name)
+        field = declared.get(name)
+        if isinstance(field, fields.List):
+            values[name] = items
+        elif len(items) > 1:
+            raise Invalid(f"invalid query: {name} given more than once",
+                          {name: ["give it once"]})
+        else:
+            values[name] = items[0]
+    return values
+
+
+def _json_body():
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    if not request.is_json:
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)",
+                                   {"content_type": request.content_type or ""})
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("the body is not valid JSON", {"_body": ["not valid JSON"]}) from None
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object", {"_body": ["must be a JSON object"]})
+    return body
+
+
+def _pick(source, inputs, principal):
+    if source in ("path", "query", "body"):
+        return inputs[source]
+    if source == "caller.id":
+        return principal.user_id if principal else None
+    if source == "caller.session":
+        return principal.session_id if principal else None
+    if source == "client":
+        client = {"ip": request.remote_addr or "0.0.0.0"}
+        agent = request.user_agent.string
+        if agent:
+            client["user_agent"] = agent[:512]
+        return client
+    if source == "request_id":
+        return g.request_id
+    head, _, name = source.partition(".")
+    return inputs[head].get(name)
+
+
+def call_kwargs(route, inputs, principal):
+    if route.args is None:
+        return {**inputs["query"], **inputs["body"], **inputs["path"]}
+    kwargs = {}
+    for kwarg, source in route.args.items():
+        value = _pick(source, inputs, principal)
+        if value is not None or source in ("path", "query", "body"):
+            kwargs[kwarg] = value
+    return kwargs
+
+
+def _render(route, result, response_schema):
+    app = current_app
+    if route.status == 204:
+        return app.response_class(status=204)
+    if route.wrap:
+        result = {route.wrap: result}
+    body = response_schema.dump(result) if response_schema is not None else result
+    response = app.response_class(json.dumps(body, separators=(",", ":")),
+                                  status=route.status, mimetype="application/json")
+    if route.location and isinstance(result, dict):
+        try:
+            response.headers["Location"] = route.location.format(**result)
+        except (KeyError, IndexError, ValueError):
+            pass
+    return response
+
+
+def make_view(route, state):
+    """The Flask view of ``route``; ``state`` is the app's Gateway (pool, cache, ...)."""
+
+    schemas = {name: cls() if cls is not None else None for name, cls in (
+        ("path", route.path_params), ("query", route.query), ("body", route.body),
+        ("response", route.response))}
+
+    def view(**path_values):
+        g.route = route
+        state.limits.hit(route.rate_limit)
+        principal = None if route.public else require_principal()
+        if route.needs_permission:
+            if not state.permissions.allows(principal.user_id, route.permission, route.scope):
+                raise Forbidden(f"this needs the permission {route.permission}",
+                                {"permission": route.permission})
+        if route.query is None and request.args:
+            raise Invalid("this operation takes no query parameters",
+                          {name: ["unknown field"] for name in request.args})
+        inputs = {
+            "path": _load(schemas["path"], path_values, "path") if route.path_params
+            else dict(path_values),
+            "query": _load(schemas["query"], _query_values(schemas["query"]), "query")
+            if route.query is not None else {},
+            "body": _load(schemas["body"], _json_body(), "body") if route.body is not None
+            else {},
+        }
+        result = state.rpc.call(route.service, route.rpc_method,
+                                call_kwargs(route, inputs, principal), timeout=route.timeout,
+                                context=rpc_context())
+        return _render(route, result, schemas["response"])
+
+    view.__name__ = view.__qualname__ = route.endpoint
+    return view

@@ -1,0 +1,53 @@
+"""CORS (flask-cors) and the security headers every response carries."""
+
+from flask import request
+from flask_cors import CORS
+
+__all__ = ["setup_cors", "security_headers", "API_CSP", "DOCS_CSP"]
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+# the docs page: Swagger UI's own script and styles from this origin only (it sets inline
+# style attributes, hence 'unsafe-inline' for styles alone)
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+           "RateLimit-Policy", "Retry-After", "Location", "WWW-Authenticate"]
+
+
+def setup_cors(app, settings):
+    """CORS for the configured origins only; with none configured, no CORS headers at all."""
+    origins = settings.get_list("CORS_ORIGINS")
+    if not origins:
+        return None
+    options = {
+        "origins": origins,
+        "methods": settings.get_list("CORS_METHODS"),
+        "allow_headers": settings.get_list("CORS_HEADERS"),
+        "expose_headers": EXPOSED,
+        "max_age": settings.get_as("CORS_MAX_AGE", int),
+        "supports_credentials": False,
+        "vary_header": True,
+    }
+    return CORS(app, resources={r"/api/*": options, r"/.well-known/*": options})
+
+
+def security_headers(hsts_seconds=0):
+    always = [("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+              ("Referrer-Policy", "no-referrer"), ("Cross-Origin-Opener-Policy", "same-origin")]
+    if hsts_seconds:
+        always.append(("Strict-Transport-Security",
+                       f"max-age={hsts_seconds}; includeSubDomains"))
+
+    def add(response):
+        headers = response.headers
+        headers.extend(always)
+        if "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-store"
+        if "Content-Security-Policy" not in headers:
+            docs = request.path == "/docs" or request.path.startswith("/docs/")
+            headers["Content-Security-Policy"] = DOCS_CSP if docs else API_CSP
+        return response
+
+    return add

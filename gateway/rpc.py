@@ -1,0 +1,237 @@
+"""The RPC client pool: how a request reaches a service, in one place.
+
+``RpcPool.call`` is the only path from the gateway to a service. Each gunicorn worker process
+holds a few (``RPC_POOL_SIZE``) thread-safe ``shared.rpc_client.RpcClient``s, created lazily
+after the fork so that no socket or thread crosses it, which all its threads share; each
+reconnects by itself after a broker outage. The alternative backend, ``nameko``, keeps one
+stock ``ClusterRpcProxy`` per thread; docs/benchmarks.md compares the two.
+
+Hooks: ``before_rpc(service)`` callables run before every call and may raise a typed error
+(for example ``Unavailable`` when no healthy instance is registered, or an open circuit
+breaker); ``after_rpc(service, outcome, seconds)`` callables see every result.
+"""
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+
+from gateway import metrics
+from shared.errors import PlinthError, Unavailable
+from shared.rpc_client import BrokerUnavailable, RpcClient, RpcTimeout, ServiceNotRunning
+
+__all__ = ["RpcPool", "PooledBackend", "NamekoBackend", "RpcTimeout", "ServiceNotRunning",
+           "BrokerUnavailable"]
+
+log = logging.getLogger("gateway.rpc")
+
+
+class PooledBackend:
+    """``size`` thread-safe ``RpcClient``s per process, shared by all its threads.
+
+    One client would do, but it publishes under a lock held until the broker confirms the
+    message, so with many threads the calls queue behind each other; a few clients (each a
+    publishing and a consuming connection, and a reader thread) spread them. A thread keeps
+    the client it was first given."""
+
+    def __init__(self, amqp_uri, timeout, connect_timeout, size=4):
+        self.amqp_uri, self.timeout, self.connect_timeout = amqp_uri, timeout, connect_timeout
+        self.size = max(1, int(size))
+        self._clients = []
+        self._pid = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._next = itertools.count()
+
+    @property
+    def clients(self):
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    # clients inherited through fork have no reader thread: start afresh
+                    self._clients = [self._new_client(i) for i in range(self.size)]
+                    self._pid = os.getpid()
+        return self._clients
+
+    def _new_client(self, index):
+        client = RpcClient(self.amqp_uri, timeout=self.timeout,
+                           connect_timeout=self.connect_timeout,
+                           name=f"rpc.reply-gateway-{socket.gethostname()}-{os.getpid()}-"
+                                f"{id(self):x}-{index}")
+        return client.start()
+
+    @property
+    def client(self):
+        clients = self.clients
+        mine = getattr(self._local, "client", None)
+        if mine is None or mine not in clients:
+            mine = self._local.client = clients[next(self._next) % len(clients)]
+        return mine
+
+    def call(self, service, method, kwargs, timeout, context):
+        return self.client.call(service, method, kwargs=kwargs, timeout=timeout,
+                                context=context)
+
+    def connected(self, wait=0.0):
+        clients = self.clients
+        if wait:
+            deadline = time.monotonic() + wait
+            return all(c.wait_connected(max(0.0, deadline - time.monotonic()))
+                       for c in clients)
+        return all(c.connected for c in clients)
+
+    @property
+    def last_error(self):
+        errors = [c.last_error for c in self._clients if c.last_error is not None]
+        return errors[0] if errors else None
+
+    def close(self):
+        if self._pid == os.getpid():
+            for client in self._clients:
+                client.close()
+        self._clients = []
+        self._pid = None
+
+
+class NamekoBackend:
+    """A stock nameko ``ClusterRpcProxy`` per thread (not shareable between threads)."""
+
+    def __init__(self, amqp_uri, timeout, connect_timeout):
+        self.config = {"AMQP_URI": amqp_uri}
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+
+    def _proxy(self):
+        holder = getattr(self._local, "holder", None)
+        if holder is None or holder[0] != os.getpid():
+            from nameko.standalone.rpc import ClusterRpcProxy
+
+            standalone = ClusterRpcProxy(self.config, context_data={}, timeout=self.timeout)
+            holder = (os.getpid(), standalone, standalone.start())
+            self._local.holder = holder
+            with self._lock:
+                self._all.append(standalone)
+        return holder
+
+    def _drop(self):
+        holder = getattr(self._local, "holder", None)
+        self._local.holder = None
+        if holder is not None:
+            try:
+                holder[1].stop()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+    def call(self, service, method, kwargs, timeout, context):
+        from nameko.exceptions import RpcTimeout as NamekoTimeout
+        from nameko.exceptions import UnknownService
+
+        try:
+            _, standalone, proxy = self._proxy()
+        except OSError as exc:
+            raise BrokerUnavailable(f"the message broker is unreachable ({exc})") from None
+        # the proxy's context data and timeout are fixed at creation: set them per call
+        standalone._worker_ctx.data = dict(context or {})
+        standalone._reply_listener.queue_consumer.timeout = timeout
+        try:
+            return getattr(getattr(proxy, service), method)(**(kwargs or {}))
+        except NamekoTimeout:
+            self._drop()  # a late reply would otherwise reach the next call's listener
+            raise RpcTimeout(f"{service}.{method} did not answer within {timeout:g}s",
+                             {"service": service, "timeout": timeout}) from None
+        except UnknownService:
+            raise ServiceNotRunning(f"no instance of {service} is running",
+                                    {"service": service}) from None
+        except PlinthError:
+            raise
+        except (OSError, ConnectionError) as exc:
+            self._drop()
+            raise BrokerUnavailable(f"lost the message broker ({type(exc).__name__})") \
+                from None
+
+    def connected(self, wait=0.0):
+        from kombu import Connection
+
+        try:
+            with Connection(self.config["AMQP_URI"], connect_timeout=max(wait, 1.0)) as conn:
+                conn.ensure_connection(max_retries=1)
+            return True
+        except Exception:  # noqa: BLE001 - unreachable is the answer
+            return False
+
+    last_error = None
+
+    def close(self):
+        with self._lock:
+            proxies, self._all = self._all, []
+        for standalone in proxies:
+            try:
+                standalone.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+BACKENDS = {"pooled": PooledBackend, "nameko": NamekoBackend}
+
+
+class RpcPool:
+    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, backend="pooled",
+                 size=4):
+        if backend not in BACKENDS:
+            raise ValueError(f"RPC_BACKEND must be one of {', '.join(BACKENDS)}")
+        self.backend_name = backend
+        if backend == "pooled":
+            self.backend = PooledBackend(amqp_uri, timeout, connect_timeout, size=size)
+        else:
+            self.backend = NamekoBackend(amqp_uri, timeout, connect_timeout)
+        self.timeout = timeout
+        self.before_rpc = []
+        self.after_rpc = []
+
+    def call(self, service, method, kwargs=None, timeout=None, context=None):
+        """``service.method(**kwargs)``'s result, or its typed error.
+
+        Errors: the service's own (``shared.errors``), ``RpcTimeout`` (504),
+        ``ServiceNotRunning`` and ``BrokerUnavailable`` (503).
+        """
+        for hook in self.before_rpc:
+            hook(service)
+        timeout = self.timeout if timeout is None else timeout
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return self.backend.call(service, method, kwargs or {}, timeout, context)
+        except RpcTimeout:
+            outcome = "timeout"
+            raise
+        except Unavailable:
+            outcome = "unavailable"
+            raise
+        except PlinthError:
+            outcome = "error"  # the service answered, with an error
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.RPC_LATENCY.labels(service, outcome).observe(elapsed)
+            for hook in self.after_rpc:
+                try:
+                    hook(service, outcome, elapsed)
+                except Exception:  # noqa: BLE001 - a hook must not turn a result into an error
+                    log.exception("after_rpc hook failed")
+
+    def connected(self, wait=0.0):
+        return self.backend.connected(wait)
+
+    @property
+    def last_error(self):
+        return self.backend.last_error
+
+    def close(self):
+        self.backend.close()

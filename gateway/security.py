@@ -1,0 +1,237 @@
+"""Authentication: Bearer access tokens (JWT) checked locally against auth's public keys.
+
+``Jwks`` holds auth's key set, fetched over RPC at first need and cached; a token naming an
+unknown ``kid`` triggers a refetch, at most once per ``refetch_interval`` seconds whatever
+the traffic, and the set is refreshed when older than ``max_age``. ``TokenValidator`` checks
+a token the way auth issues them (RFC 9068): the ``typ`` header, an algorithm from the
+allow-list that matches the named key's own, the signature, ``iss``, ``aud``, ``exp``,
+``nbf``, ``iat`` and a UUID ``sub``.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from gateway import metrics
+from shared.errors import PlinthError, Unauthorized, Unavailable
+from shared.ids import is_uuid
+
+__all__ = ["Jwks", "TokenValidator", "Principal", "bearer_token", "ACCEPTED_TYPES"]
+
+log = logging.getLogger("gateway.security")
+
+ACCEPTED_TYPES = {"at+jwt", "application/at+jwt"}
+REQUIRED_CLAIMS = ("exp", "iat", "nbf", "iss", "aud", "sub")
+MAX_TOKEN_LENGTH = 8192
+CACHE_SIZE = 10000
+ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+              "EdDSA"}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's subject and session."""
+
+    user_id: str
+    session_id: str | None
+    claims: dict
+
+    @property
+    def actor_type(self):
+        return "user"
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: str
+    alg: str
+    key: object
+
+
+def rejected(reason, message):
+    return Unauthorized(f"invalid access token: {message}", {"reason": reason})
+
+
+def bearer_token(header):
+    """The token of an ``Authorization: Bearer <token>`` header; None when there is none.
+
+    Another scheme or a malformed header is an Unauthorized (a client that sends credentials
+    means them)."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise rejected("malformed", "use Authorization: Bearer <access token>")
+    return token
+
+
+class Jwks:
+    def __init__(self, fetch, algorithms, refetch_interval=5.0, max_age=300.0):
+        self._fetch = fetch
+        self.algorithms = set(algorithms)
+        self.refetch_interval = refetch_interval
+        self.max_age = max_age
+        self._keys = {}
+        self._document = None
+        self.loaded_at = None
+        self._last_attempt = None
+        self._lock = threading.Lock()
+        self.last_error = None
+
+    @property
+    def loaded(self):
+        return self._document is not None
+
+    def document(self):
+        """The key set as auth published it (for /.well-known/jwks.json)."""
+        if not self.loaded:
+            self.refresh()
+        if not self.loaded:
+            raise Unavailable("the public keys are not available yet; try again",
+                              {"service": "auth"})
+        return self._document
+
+    def refresh(self, force=False):
+        """Fetch the key set now, unless another thread just did (or ``refetch_interval`` has
+        not passed since the last attempt, unless ``force``). Returns True when it fetched."""
+        attempted = self._last_attempt
+        with self._lock:
+            if self._last_attempt != attempted:
+                return False  # another thread fetched while this one waited
+            now = time.monotonic()
+            if not force and self._last_attempt is not None and \
+                    now - self._last_attempt < self.refetch_interval:
+                return False
+            self._last_attempt = now
+            try:
+                document = self._fetch()
+                keys = self._parse(document)
+            except Exception as exc:  # noqa: BLE001 - keep the keys we have; retried later
+                self.last_error = exc if isinstance(exc, PlinthError) else \
+                    Unavailable(f"{type(exc).__name__} while fetching the keys")
+                metrics.JWKS_FETCHES.labels("failed").inc()
+                log.warning("could not fetch auth's public keys: %s", self.last_error)
+                return False
+            self._keys, self._document = keys, {"keys": [k for k in document["keys"]
+                                                         if k.get("kid") in keys]}
+            self.loaded_at = time.monotonic()
+            self.last_error = None
+            metrics.JWKS_FETCHES.labels("ok").inc()
+            return True
+
+    def _parse(self, document):
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise Unavailable("auth returned a malformed key set", {"service": "auth"})
+        keys = {}
+        for jwk in document["keys"]:
+            kid, alg = jwk.get("kid"), jwk.get("alg")
+            if not isinstance(kid, str) or alg not in self.algorithms or \
+                    jwk.get("use", "sig") != "sig":
+                continue
+            try:
+                keys[kid] = _Key(kid, alg, jwt.PyJWK(jwk, algorithm=alg).key)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+                log.warning("skipping unusable key %s: %s", kid, exc)
+        return keys
+
+    def _refresh_if_stale(self):
+        if self.loaded_at is not None and time.monotonic() - self.loaded_at > self.max_age:
+            self.refresh()
+
+    def has(self, kid):
+        """Is ``kid`` still published (the set refreshed when stale)?"""
+        self._refresh_if_stale()
+        return kid in self._keys
+
+    def key(self, kid):
+        """The key named ``kid``, refetching the set when it is unknown or stale."""
+        self._refresh_if_stale()
+        found = self._keys.get(kid)
+        if found is None:
+            self.refresh()
+            found = self._keys.get(kid)
+            if found is None and not self.loaded:
+                raise Unavailable("cannot check access tokens yet: auth's public keys are "
+                                  "unavailable", {"service": "auth"})
+        return found
+
+
+class TokenValidator:
+    """Checks access tokens; a token that passed is remembered (bounded), so a client's next
+    requests with it cost a dict lookup and a clock check instead of a signature check and
+    three base64 decodes. The cache is keyed by the whole token string, so nothing but the
+    very same token can hit it, and a hit is refused once the token expires or its key is
+    no longer published."""
+
+    def __init__(self, jwks, issuer, audience, leeway=30, algorithms=("RS256",),
+                 cache_size=CACHE_SIZE):
+        self.jwks = jwks
+        self.issuer, self.audience, self.leeway = issuer, audience, leeway
+        self.algorithms = {a for a in algorithms if a in ASYMMETRIC}
+        self.cache_size = cache_size
+        self._verified = {}  # token -> (Principal, kid, nbf, exp)
+
+    def validate(self, token):
+        """The token's Principal, or Unauthorized with a ``reason``."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, kid, not_before, expires = hit
+            now = time.time()
+            if not_before - self.leeway <= now < expires + self.leeway and self.jwks.has(kid):
+                return principal
+            self._verified.pop(token, None)
+        principal, kid = self._check(token)
+        if len(self._verified) >= self.cache_size:
+            self._verified.clear()  # simple and rare: a full cache refills from live traffic
+        claims = principal.claims
+        self._verified[token] = (principal, kid, claims["nbf"], claims["exp"])
+        return principal
+
+    def _check(self, token):
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise rejected("malformed", "not a token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise rejected("malformed", "not a well-formed JWT") from None
+        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+        if alg not in self.algorithms:
+            raise rejected("algorithm", "algorithm not allowed")
+        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+            raise rejected("type", "not an access token")
+        if not isinstance(kid, str) or not kid or len(kid) > 200:
+            raise rejected("unknown_key", "no key id")
+        key = self.jwks.key(kid)
+        if key is None:
+            raise rejected("unknown_key", "signed with an unknown key")
+        if key.alg != alg:
+            raise rejected("algorithm", "algorithm does not match the key")
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[alg], audience=self.audience,
+                                issuer=self.issuer, leeway=self.leeway,
+                                options={"require": list(REQUIRED_CLAIMS)})
+        except jwt.ExpiredSignatureError:
+            raise rejected("expired", "expired") from None
+        except jwt.ImmatureSignatureError:
+            raise rejected("not_yet_valid", "not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise rejected("audience", "wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise rejected("issuer", "wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise rejected("claims", f"missing claim {exc.claim}") from None
+        except jwt.InvalidSignatureError:
+            raise rejected("signature", "bad signature") from None
+        except jwt.InvalidTokenError:
+            raise rejected("malformed", "not a well-formed access token") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not is_uuid(subject):
+            raise rejected("claims", "the subject is not a user id")
+        if not all(isinstance(claims[c], int | float) for c in ("nbf", "exp")):
+            raise rejected("claims", "nbf and exp must be numbers")
+        session = claims.get("sid")
+        return Principal(subject, session if isinstance(session, str) else None, claims), kid

@@ -1,0 +1,523 @@
+"""The HTTP layer without a broker: each route entry's steps, errors as problem+json, request
+ids, headers, CORS, rate limits and docs. The services are stood in for by ``Services``
+(their answers are set per test); everything in front of the RPC is the real gateway."""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.rpc import RpcTimeout, ServiceNotRunning
+from shared.errors import (
+    Conflict,
+    InternalError,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
+from tests.support.gateway_helpers import API, TestKeys, bearer, close_app, make_app
+
+ORIGIN = "https://app.example.test"
+
+
+@dataclass
+class Call:
+    service: str
+    method: str
+    kwargs: dict
+    timeout: float
+    context: dict
+
+
+class Services:
+    """Answers RPC calls as the services would; records each call."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.calls = []
+        self.grants = {}
+        self.answers = {("auth", "jwks"): lambda: keys.jwks(),
+                        ("authz", "effective_permissions"): self._effective}
+
+    def _effective(self, user_id):
+        return {"user_id": user_id, "global": sorted(self.grants.get(user_id, ())),
+                "scopes": {}}
+
+    def answer(self, target, value):
+        service, method = target.split(".")
+        self.answers[(service, method)] = value if callable(value) else (lambda **kw: value)
+
+    def call(self, service, method, kwargs, timeout, context):
+        self.calls.append(Call(service, method, kwargs, timeout, context))
+        handler = self.answers.get((service, method))
+        if handler is None:
+            raise ServiceNotRunning(f"no instance of {service} is running",
+                                    {"service": service})
+        return handler(**kwargs)
+
+    def last(self, target):
+        service, method = target.split(".")
+        return [c for c in self.calls if (c.service, c.method) == (service, method)][-1]
+
+    def connected(self, wait=0.0):
+        return True
+
+    last_error = None
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return TestKeys()
+
+
+def build(keys, **config):
+    app = make_app(**{"AUTHZ_EVENTS": False, "CORS_ORIGINS": ORIGIN, **config})
+    services = Services(keys)
+    app.extensions["plinth"].rpc.backend = services
+    return app, services
+
+
+@pytest.fixture
+def gateway(keys):
+    app, services = build(keys)
+    yield app.test_client(), services
+    close_app(app)
+
+
+def token_for(keys, services, *permissions, user_id=None):
+    user_id = user_id or str(uuid.uuid4())
+    services.grants[user_id] = set(permissions)
+    return user_id, keys.token(sub=user_id, sid=str(uuid.uuid4()))
+
+
+def assert_problem(response, status, kind=None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    if kind:
+        assert body["type"] == f"urn:plinth:problem:{kind}"
+    return body
+
+
+USER = {"id": "0190c0de-0000-7000-8000-000000000001", "email": "ann@example.test",
+        "display_name": "Ann", "status": "active", "type": "user",
+        "created_at": "2026-11-22T09:00:00+00:00", "updated_at": "2026-11-22T09:00:00+00:00",
+        "password_changed_at": None, "deleted_at": None}
+
+
+# -- the steps of a route ---------------------------------------------------------------------
+def test_sign_up_validates_calls_identity_and_answers_201_with_location(gateway):
+    client, services = gateway
+    services.answer("identity.create_user", lambda data: {**USER, "email": data["email"],
+                                                          "password_hash": "$argon2id$..."})
+    response = client.post(f"{API}/users", json={"email": "ann@example.test",
+                                                 "password": "long-enough-pass"})
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"{API}/users/{USER['id']}"
+    assert "password_hash" not in response.get_json()  # only the response schema's fields
+    call = services.last("identity.create_user")
+    assert call.kwargs == {"data": {"email": "ann@example.test",
+                                    "password": "long-enough-pass"}}
+    assert call.context == {"request_id": response.headers["X-Request-ID"]}
+
+
+def test_bad_bodies_name_their_fields_and_call_nothing(gateway):
+    client, services = gateway
+    body = assert_problem(client.post(f"{API}/users", json={"email": "nope", "extra": 1}),
+                          400, "invalid")
+    assert set(body["errors"]) == {"email", "password", "extra"}
+    assert_problem(client.post(f"{API}/users", data="{not json",
+                               content_type="application/json"), 400)
+    body = assert_problem(client.post(f"{API}/users", json=[1, 2]), 400)
+    assert body["errors"] == {"_body": ["must be a JSON object"]}
+    assert_problem(client.post(f"{API}/users", data="email=a",
+                               content_type="application/x-www-form-urlencoded"), 415,
+                   "unsupported_media_type")
+    assert_problem(client.post(f"{API}/users", json={"email": "a@b.test",
+                                                     "password": "x" * 70000}), 413)
+    assert [c for c in services.calls if c.service == "identity"] == []
+
+
+def test_login_passes_the_client_address_and_agent(gateway):
+    client, services = gateway
+    pair = {"access_token": "a", "refresh_token": "r", "token_type": "Bearer",
+            "expires_in": 900}
+    services.answer("auth.login", pair)
+    response = client.post(f"{API}/auth/login", json={"email": "a@b.test", "password": "pw"},
+                           headers={"User-Agent": "probe/1.0"})
+    assert response.status_code == 200 and response.get_json() == pair
+    assert services.last("auth.login").kwargs == {
+        "email": "a@b.test", "password": "pw",
+        "client": {"ip": "127.0.0.1", "user_agent": "probe/1.0"}}
+    services.answer("auth.login", lambda **kw: (_ for _ in ()).throw(
+        Unauthorized("invalid email or password")))
+    body = assert_problem(client.post(f"{API}/auth/login",
+                                      json={"email": "a@b.test", "password": "bad"}), 401)
+    assert body["detail"] == "invalid email or password"
+
+
+def test_caller_path_and_query_become_the_call_arguments(gateway, keys):
+    client, services = gateway
+    caller, token = token_for(keys, services, "roles:write", "users:read")
+    target = str(uuid.uuid4())
+    services.answer("authz.assign_role", lambda **kw: {**kw, "assigned_at": None,
+                                                       "assigned_by": caller, "created": True})
+    response = client.put(f"{API}/users/{target.upper()}/roles/support",
+                          query_string={"scope": "billing"}, headers=bearer(token))
+    assert response.status_code == 200, response.get_json()
+    assert services.last("authz.assign_role").kwargs == {
+        "user_id": target, "role": "support", "scope": "billing"}
+    assert services.last("authz.assign_role").context == {
+        "request_id": response.headers["X-Request-ID"], "actor_id": caller,
+        "actor_type": "user"}
+    services.answer("identity.list_users", {"items": [USER], "next_cursor": None})
+    response = client.get(f"{API}/users", query_string={"limit": "5", "status": "active"},
+                          headers=bearer(token))
+    assert response.get_json()["items"][0]["id"] == USER["id"]
+    assert services.last("identity.list_users").kwargs == {
+        "filters": {"limit": 5, "status": "active"}}
+    body = assert_problem(client.get(f"{API}/users", query_string={"limit": "0", "x": "1"},
+                                     headers=bearer(token)), 400)
+    assert set(body["errors"]) == {"limit", "x"}
+    assert_problem(client.get(f"{API}/users?limit=1&limit=2", headers=bearer(token)), 400)
+    body = assert_problem(client.get(f"{API}/users/not-a-uuid", headers=bearer(token)), 400)
+    assert body["errors"] == {"user_id": ["not a valid UUID"]}
+
+
+def test_logout_revokes_the_tokens_own_session_and_answers_204(gateway, keys):
+    client, services = gateway
+    user_id = str(uuid.uuid4())
+    session = str(uuid.uuid4())
+    token = keys.token(sub=user_id, sid=session)
+    services.answer("auth.end_session", {"revoked": True})
+    response = client.post(f"{API}/auth/logout", headers=bearer(token))
+    assert response.status_code == 204 and response.data == b""
+    assert services.last("auth.end_session").kwargs == {"session_id": session,
+                                                        "user_id": user_id}
+
+
+def test_wrapped_results(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "authz:check", "roles:read")
+    services.answer("authz.check", True)
+    response = client.get(f"{API}/authz/check", query_string={"permission": "users:read"},
+                          headers=bearer(token))
+    assert response.get_json() == {"allowed": True}
+    services.answer("authz.list_roles", [{"name": "user", "builtin": True, "permissions": []}])
+    assert client.get(f"{API}/roles", headers=bearer(token)).get_json() == {
+        "items": [{"name": "user", "builtin": True, "permissions": []}]}
+
+
+# -- authentication and authorisation ---------------------------------------------------------
+def test_tokens_are_required_and_checked(gateway, keys):
+    client, services = gateway
+    response = client.get(f"{API}/users/me")
+    assert assert_problem(response, 401, "unauthorized")["reason"] == "missing"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    response = client.get(f"{API}/users/me", headers=bearer(keys.token(exp=1)))
+    assert assert_problem(response, 401)["reason"] == "expired"
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    response = client.get(f"{API}/users/me", headers={"Authorization": "Basic YTpi"})
+    assert assert_problem(response, 401)["reason"] == "malformed"
+    assert [c for c in services.calls if c.service == "identity"] == []
+
+
+def test_a_missing_permission_is_403_before_any_input_is_looked_at(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "profile:read")
+    body = assert_problem(client.get(f"{API}/users/not-a-uuid", headers=bearer(token)), 403,
+                          "forbidden")
+    assert body["detail"] == "this needs the permission users:read"
+    assert body["permission"] == "users:read"
+    assert [c for c in services.calls if c.service == "identity"] == []
+
+
+def test_an_invalid_token_on_a_public_route_is_ignored(gateway, keys):
+    client, services = gateway
+    services.answer("auth.refresh", {"access_token": "a", "refresh_token": "r",
+                                     "token_type": "Bearer", "expires_in": 900})
+    response = client.post(f"{API}/auth/refresh", json={"refresh_token": "r" * 43},
+                           headers=bearer("garbage"))
+    assert response.status_code == 200
+
+
+# -- service errors ---------------------------------------------------------------------------
+def fails_with(error):
+    def handler(**kwargs):
+        raise error
+    return handler
+
+
+@pytest.mark.parametrize("error, status, extra", [
+    (NotFound("user x not found", {"user_id": "x"}), 404, {}),
+    (Conflict("email taken", {"email": ["already registered"]}), 409,
+     {"errors": {"email": ["already registered"]}}),
+    (Invalid("bad", {"display_name": ["too long"]}), 400,
+     {"errors": {"display_name": ["too long"]}}),
+    (TooManyRequests("slow down", {"retry_after": 7.5}), 429, {"retry_after": 7.5}),
+    (Unavailable("identity is busy", {"service": "identity"}), 503, {"service": "identity"}),
+    (ServiceNotRunning("no instance", {"service": "identity"}), 503, {}),
+    (RpcTimeout("identity.get_user did not answer within 5s",
+                {"service": "identity", "timeout": 5}), 504, {"timeout": 5}),
+    (InternalError("internal error (reference abc123)", {"reference": "abc123"}), 500,
+     {"reference": "abc123"}),
+])
+def test_typed_errors_become_their_status(gateway, keys, error, status, extra):
+    client, services = gateway
+    _, token = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user", fails_with(error))
+    response = client.get(f"{API}/users/me", headers=bearer(token))
+    body = assert_problem(response, status, error.kind)
+    assert body["detail"] == error.message
+    for key, value in extra.items():
+        assert body[key] == value
+    if status == 429:
+        assert response.headers["Retry-After"] == "7"
+    if status == 503:
+        assert response.headers["Retry-After"] == "2"
+
+
+def test_a_route_may_map_an_error_kind_to_another_status(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "password:write")
+    services.answer("identity.change_password",
+                    fails_with(Unauthorized("the current password is not correct")))
+    response = client.post(f"{API}/users/me/password", headers=bearer(token),
+                           json={"old_password": "wrong", "new_password": "whatever-new-1"})
+    assert assert_problem(response, 403)["detail"] == "the current password is not correct"
+
+
+def test_a_gateway_bug_is_a_500_without_internals(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user",
+                    fails_with(KeyError("SELECT password_hash FROM identity.users")))
+    response = client.get(f"{API}/users/me", headers=bearer(token))
+    body = assert_problem(response, 500, "internal")
+    assert "SELECT" not in response.get_data(as_text=True) and len(body["reference"]) == 12
+
+
+def test_a_before_rpc_hook_can_refuse_a_service(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user", USER)
+    state = client.application.extensions["plinth"]
+
+    def no_identity(service):
+        if service == "identity":
+            raise Unavailable("no healthy instance of identity", {"service": "identity"})
+
+    state.rpc.before_rpc.append(no_identity)
+    response = client.get(f"{API}/users/me", headers=bearer(token))
+    assert assert_problem(response, 503)["service"] == "identity"
+    assert [c for c in services.calls if c.service == "identity"] == []
+
+
+def test_flask_errors_are_problems_too(gateway):
+    client, _ = gateway
+    assert_problem(client.get(f"{API}/nothing-here"), 404, "not_found")
+    response = client.delete(f"{API}/auth/login")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "OPTIONS, POST"
+
+
+# -- request ids and headers ------------------------------------------------------------------
+def test_request_ids_are_accepted_when_well_formed_else_replaced(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user", USER)
+    response = client.get(f"{API}/users/me", headers={**bearer(token),
+                                                      "X-Request-ID": "client-req:42"})
+    assert response.headers["X-Request-ID"] == "client-req:42"
+    assert services.last("identity.get_user").context["request_id"] == "client-req:42"
+    for bad in ("has spaces", "x" * 129, "semi;colon"):
+        response = client.get("/health/live", headers={"X-Request-ID": bad})
+        assert response.headers["X-Request-ID"] != bad
+        uuid.UUID(response.headers["X-Request-ID"])
+
+
+def test_security_headers_on_every_response(gateway):
+    client, _ = gateway
+    for response in (client.get("/health/live"), client.get(f"{API}/nope"),
+                     client.get("/openapi.json")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert client.get("/health/live").headers["Cache-Control"] == "no-store"
+
+
+def test_cors_answers_configured_origins_only(gateway):
+    client, _ = gateway
+    preflight = client.options(f"{API}/users/me", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "PATCH" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert preflight.headers["Access-Control-Max-Age"] == "600"
+    simple = client.get("/.well-known/jwks.json", headers={"Origin": ORIGIN})
+    assert simple.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "X-Request-ID" in simple.headers["Access-Control-Expose-Headers"]
+    for origin in ("https://evil.example.test", "null"):
+        other = client.options(f"{API}/users/me", headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+        assert "Access-Control-Allow-Origin" not in client.get(
+            "/.well-known/jwks.json", headers={"Origin": origin}).headers
+
+
+def test_no_cors_at_all_without_configured_origins(keys):
+    app, _ = build(keys, CORS_ORIGINS="")
+    response = app.test_client().options(f"{API}/users/me", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    close_app(app)
+
+
+# -- rate limits ------------------------------------------------------------------------------
+def test_the_auth_class_is_limited_per_ip_with_ratelimit_headers(keys):
+    app, services = build(keys, RATE_LIMIT_AUTH_IP="3/minute")
+    services.answer("auth.refresh", fails_with(Unauthorized("invalid refresh token")))
+    client = app.test_client()
+    statuses, remaining = [], []
+    for _ in range(4):
+        response = client.post(f"{API}/auth/refresh", json={"refresh_token": "r"})
+        statuses.append(response.status_code)
+        remaining.append(response.headers["RateLimit-Remaining"])
+    assert statuses == [401, 401, 401, 429]
+    assert remaining == ["2", "1", "0", "0"]
+    assert response.headers["RateLimit-Limit"] == "3"
+    assert response.headers["RateLimit-Policy"] == "3;w=60"
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+    assert 0 <= int(response.headers["RateLimit-Reset"]) <= 60
+    assert_problem(response, 429, "too_many_requests")
+    other_ip = client.post(f"{API}/auth/refresh", json={"refresh_token": "r"},
+                           environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert other_ip.status_code == 401
+    assert client.get("/health/live").status_code == 200  # not a limited route
+    close_app(app)
+
+
+def test_bearer_routes_are_limited_per_user(keys):
+    app, services = build(keys, RATE_LIMIT_READ_USER="2/minute")
+    services.answer("identity.get_user", USER)
+    client = app.test_client()
+    _, ann = token_for(keys, services, "profile:read")
+    _, bob = token_for(keys, services, "profile:read")
+    assert [client.get(f"{API}/users/me", headers=bearer(ann)).status_code
+            for _ in range(3)] == [200, 200, 429]
+    assert client.get(f"{API}/users/me", headers=bearer(bob)).status_code == 200
+    close_app(app)
+
+
+# -- docs and keys ----------------------------------------------------------------------------
+def test_openapi_documents_every_route_from_its_schemas(gateway):
+    client, _ = gateway
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"] == "3.1.0"
+    state = client.application.extensions["plinth"]
+    for route in state.routes:
+        operation = spec["paths"][route.path][route.method.lower()]
+        assert operation["operationId"] == route.endpoint
+        assert str(route.status) in operation["responses"]
+        assert operation["responses"]["400"]["content"]["application/problem+json"]
+        if route.public:
+            assert operation["security"] == []
+    sign_up = spec["paths"][f"{API}/users"]["post"]
+    body = sign_up["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SignUp"}
+    schema = spec["components"]["schemas"]["SignUp"]
+    assert schema["required"] == ["email", "password"]
+    assert schema["properties"]["email"]["format"] == "email"
+    assert spec["components"]["schemas"]["User"]["properties"]["deleted_at"]["type"] == \
+        ["string", "null"]
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    path_param = spec["paths"][f"{API}/users/{{user_id}}"]["get"]["parameters"][0]
+    assert path_param["in"] == "path" and path_param["schema"]["format"] == "uuid"
+
+
+def test_docs_render_from_local_files_only(gateway):
+    client, _ = gateway
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "https://" not in html and "http://" not in html
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "plinth-docs.js"):
+        response = client.get(f"/docs/static/{asset}")
+        assert response.status_code == 200 and len(response.data) > 100
+    assert client.get("/docs/static/../app.py").status_code == 404
+
+
+def test_jwks_are_served_as_auth_publishes_them(gateway, keys):
+    client, _ = gateway
+    response = client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert response.get_json() == keys.jwks()
+    assert "max-age" in response.headers["Cache-Control"]
+
+
+def test_health_reports_broker_and_keys(gateway):
+    client, _ = gateway
+    assert client.get("/health/live").get_json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.get_json()["checks"]["jwks"]["status"] == "up"
+    detail = client.get("/health").get_json()
+    assert detail["status"] == "healthy" and detail["routes"] > 20
+
+
+def test_health_is_not_ready_without_keys(keys):
+    app, services = build(keys)
+    del services.answers[("auth", "jwks")]
+    ready = app.test_client().get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["jwks"]["status"] == "down"
+    close_app(app)
+
+
+def test_metrics_count_requests_per_route(gateway):
+    client, _ = gateway
+    client.get(f"{API}/users/me")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert ('gateway_http_requests_total{method="GET",route="/api/v1/users/me",status="401"}'
+            in text)
+    assert "gateway_http_request_duration_seconds_bucket" in text
+    assert json.loads(client.get("/openapi.json").data)["info"]["title"] == "Plinth API"
+
+
+def test_limits_count_in_memory_while_redis_is_unreachable(keys, caplog):
+    app, services = build(keys, RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",
+                          RATE_LIMIT_AUTH_IP="2/minute")
+    services.answer("auth.refresh", fails_with(Unauthorized("invalid refresh token")))
+    client = app.test_client()
+    statuses = [client.post(f"{API}/auth/refresh", json={"refresh_token": "r"}).status_code
+                for _ in range(3)]
+    assert statuses == [401, 401, 429]  # requests are served, and still limited
+    assert "counting in memory" in caplog.text
+    close_app(app)
+
+
+def test_memory_windows_reset_when_they_expire():
+    from gateway.limits import Windows
+
+    windows = Windows()
+    assert [windows.incr("k", 0.05) for _ in range(3)] == [1, 2, 3]
+    assert windows.get_expiry("k") > time.time()
+    time.sleep(0.06)
+    assert windows.incr("k", 0.05) == 1
+    windows.SWEEP_EVERY = 1
+    windows.incr("other", 0.01)
+    time.sleep(0.02)
+    windows.incr("k", 10)
+    assert "other" not in windows._counts
