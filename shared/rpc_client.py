@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
 
 log = logging.getLogger(__name__)
 RPC_EXCHANGE = "nameko-rpc"
+SOCKET_TIMEOUT = 5.0
 
 
 class RpcTimeout(Unavailable):
@@ -104,9 +106,10 @@ class RpcClient:
         channel.queue_declare(self.name, exclusive=True, auto_delete=True)
         channel.queue_bind(self.name, RPC_EXCHANGE, routing_key=self.name)
         channel.basic_consume(self.name, callback=self._on_reply, no_ack=True)
-        # publisher confirms: the broker answers every publish, and an unroutable call (no
-        # instance running) comes back as a basic.return before that answer, so it fails now
-        pub = amqp.Connection(confirm_publish=True, **params)
+        # no publisher confirms (a broker round trip per call, serialised by the write lock):
+        # an unroutable call (no instance running) still comes back as a basic.return, read
+        # by the reader thread, and fails at once; any other loss ends in the call's timeout
+        pub = amqp.Connection(**params)
         try:
             pub.connect()
             pub_channel = pub.channel()
@@ -114,6 +117,11 @@ class RpcClient:
         except Exception:
             sub.collect()
             raise
+        # One fixed socket timeout each, for good: py-amqp changes a socket's timeout around a
+        # read given one, which would race with sends from caller threads. The reader only
+        # reads what select() says has arrived.
+        for conn in (sub, pub):
+            conn.transport.sock.settimeout(SOCKET_TIMEOUT)
         with self._write_lock:
             self._conn, self._pub_conn, self._pub = sub, pub, pub_channel
         self._generation += 1
@@ -161,7 +169,7 @@ class RpcClient:
                     time.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
                     continue
             try:
-                self._conn.drain_events(timeout=0.5)
+                self._read_some()
             except TimeoutError:
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
@@ -170,6 +178,20 @@ class RpcClient:
                 self._disconnect(exc)
         # closed: the reader closes its own sockets, so no other thread touches them meanwhile
         self._disconnect(None)
+
+    def _read_some(self):
+        sub, pub = self._conn, self._pub_conn
+        sockets = {sub.transport.sock: sub, pub.transport.sock: pub}
+        readable, _, _ = select.select(list(sockets), [], [], 0.5)
+        for sock in readable:
+            conn = sockets[sock]
+            if conn is pub:
+                # callers write on this connection; what it reads (returns, a channel close)
+                # may make py-amqp answer, so it reads under the write lock
+                with self._write_lock:
+                    conn.drain_events(timeout=None)
+            else:
+                conn.drain_events(timeout=None)
 
     @property
     def connected(self):
@@ -218,7 +240,10 @@ class RpcClient:
         message = amqp.Message(body, content_type="application/json",
                                content_encoding="utf-8", correlation_id=correlation_id,
                                reply_to=self.name, application_headers=headers,
-                               delivery_mode=1)
+                               delivery_mode=1,
+                               # a call nobody took before its timeout is dropped, not run
+                               # later when an instance comes back
+                               expiration=str(max(1, int(timeout * 1000))))
         with self._pending_lock:
             self._pending[correlation_id] = pending
         try:
@@ -226,8 +251,7 @@ class RpcClient:
                 if self._pub is None:
                     raise BrokerUnavailable("the message broker is unreachable")
                 self._pub.basic_publish(message, exchange=RPC_EXCHANGE,
-                                        routing_key=f"{service}.{method}", mandatory=True,
-                                        confirm_timeout=self.connect_timeout)
+                                        routing_key=f"{service}.{method}", mandatory=True)
         except BrokerUnavailable:
             self._forget(correlation_id)
             raise
