@@ -7,9 +7,21 @@ import os
 from flask import Flask, g, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import dispatch, errors, headers, health, limits, metrics, observability, openapi
+from gateway import (
+    dashboard,
+    dispatch,
+    errors,
+    headers,
+    health,
+    limits,
+    metrics,
+    observability,
+    openapi,
+)
 from gateway import settings as settings_module
 from gateway.authz_cache import EventListener, PermissionCache
+from gateway.breakers import Breakers
+from gateway.discovery import ServiceView
 from gateway.limits import RateLimits
 from gateway.routes import RATE_CLASSES, load_routes
 from gateway.rpc import RpcPool
@@ -56,6 +68,13 @@ class Gateway:
             self.listener = EventListener(settings["AMQP_URI"], self.permissions)
             self.permissions.trusted = lambda: self.listener.connected
         self.limits = RateLimits(settings, RATE_CLASSES)
+        # health-aware routing: no passing instance in Consul -> 503 at once; a breaker per
+        # service opens on repeated failures. Both sit in front of every RPC call.
+        self.route_services = sorted({r.target.split(".", 1)[0] for r in routes if r.target})
+        self.view = ServiceView.from_config(settings, services=self.route_services)
+        self.breakers = Breakers.from_config(settings, on_change=metrics.breaker_changed)
+        self.rpc.before_rpc += [self.view.require, self.breakers.before_rpc]
+        self.rpc.after_rpc.append(self.breakers.after_rpc)
         self._pid = None
 
     def ensure_started(self):
@@ -63,11 +82,13 @@ class Gateway:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
+        self.view.start()
         if self.listener is not None:
             self.listener.start()
         self.rpc.connected()  # creates and starts the process's client
 
     def close(self):
+        self.view.stop()
         if self.listener is not None:
             self.listener.stop()
         self.rpc.close()
@@ -128,6 +149,7 @@ def create_app(config=None):
                          methods=[route.method])
     app.add_url_rule("/.well-known/jwks.json", "jwks", _jwks_view(state), methods=["GET"])
     health.register(app, state)
+    dashboard.register(app, state)
     if settings.get_as("METRICS_ENABLED", bool):
         metrics.register(app)
     openapi.register(app, routes, docs=settings.get_as("DOCS_ENABLED", bool))

@@ -3,7 +3,7 @@
 from flask import request
 from flask_cors import CORS
 
-__all__ = ["setup_cors", "security_headers", "API_CSP", "DOCS_CSP"]
+__all__ = ["setup_cors", "security_headers", "API_CSP", "DOCS_CSP", "STATUS_CSP"]
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 # the docs page: Swagger UI's own script and styles from this origin only (it sets inline
@@ -11,6 +11,11 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+# the status page: its own script and stylesheet, and /status.json
+STATUS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+              "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+              "form-action 'none'")
 
 EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
            "RateLimit-Policy", "Retry-After", "Location", "WWW-Authenticate"]
@@ -46,8 +51,13 @@ def security_headers(hsts_seconds=0):
         if "Cache-Control" not in headers:
             headers["Cache-Control"] = "no-store"
         if "Content-Security-Policy" not in headers:
-            docs = request.path == "/docs" or request.path.startswith("/docs/")
-            headers["Content-Security-Policy"] = DOCS_CSP if docs else API_CSP
+            path = request.path
+            if path == "/docs" or path.startswith("/docs/"):
+                headers["Content-Security-Policy"] = DOCS_CSP
+            elif path == "/status" or path.startswith("/status/"):
+                headers["Content-Security-Policy"] = STATUS_CSP
+            else:
+                headers["Content-Security-Policy"] = API_CSP
         return response
 
     return add

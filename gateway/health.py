@@ -56,6 +56,17 @@ def _events(state):
     return probe
 
 
+def _registry(state):
+    def probe():
+        registry = state.view.snapshot()["registry"]
+        if not registry["enabled"]:
+            return True, "disabled: routing without a service registry"
+        if registry["reachable"]:
+            return True, f"{registry['address']} reachable"
+        return False, f"{registry['address']} unreachable; routing blindly"
+    return probe
+
+
 def register(app, state):
     def live():
         return jsonify({"status": "alive"})
@@ -70,7 +81,7 @@ def register(app, state):
     def detail():
         checks = dict(_timed(name, probe) for name, probe in
                       (("broker", _broker(state)), ("jwks", _jwks(state)),
-                       ("authz_events", _events(state))))
+                       ("authz_events", _events(state)), ("registry", _registry(state))))
         if checks["broker"]["status"] == "down" or checks["jwks"]["status"] == "down":
             status = "unhealthy"
         elif any(c["status"] == "down" for c in checks.values()):
@@ -82,6 +93,7 @@ def register(app, state):
             "uptime_s": round(time.monotonic() - STARTED, 1), "checks": checks,
             "rpc_backend": state.rpc.backend_name, "routes": len(state.routes),
             "authz_cache_entries": len(state.permissions),
+            "breakers": state.breakers.states(),
         }
         return jsonify(body), 503 if status == "unhealthy" else 200
 

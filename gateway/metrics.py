@@ -13,12 +13,13 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 
 __all__ = ["REQUEST_LATENCY", "REQUESTS", "RPC_LATENCY", "AUTHZ_CACHE", "JWKS_FETCHES",
-           "AUTHZ_EVENTS", "observe_request", "register"]
+           "AUTHZ_EVENTS", "BREAKER_STATE", "observe_request", "breaker_changed", "register"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -41,7 +42,20 @@ AUTHZ_EVENTS = Counter(
 JWKS_FETCHES = Counter(
     "gateway_jwks_fetches", "Fetches of auth's public keys", ["outcome"])
 
+BREAKER_STATE = Gauge(
+    "gateway_circuit_breaker_state",
+    "Circuit breaker per service: 0 closed, 1 half-open, 2 open (the worst of the workers)",
+    ["service"], multiprocess_mode="max")
+BREAKER_TRANSITIONS = Counter(
+    "gateway_circuit_breaker_transitions", "Circuit breaker state changes", ["service", "to"])
+_BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
 MULTIPROC_DIR_KEY = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def breaker_changed(service, old, new):
+    BREAKER_STATE.labels(service).set(_BREAKER_VALUES.get(new, 0))
+    BREAKER_TRANSITIONS.labels(service, new).inc()
 
 
 def observe_request(method, route, status, seconds):

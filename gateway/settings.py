@@ -60,6 +60,13 @@ DEFAULTS = {
     "DOCS_ENABLED": True,
     "METRICS_ENABLED": True,
     "HSTS_SECONDS": 0,
+    # service registry (empty: route without one) and circuit breakers
+    "CONSUL_HTTP_ADDR": "",
+    "CONSUL_WATCH_WAIT": "30s",
+    "CONSUL_TIMEOUT": "3s",
+    "RETRY_AFTER_NO_INSTANCE": 5,
+    "BREAKER_FAIL_MAX": 5,
+    "BREAKER_RESET_TIMEOUT": 30.0,
 }
 
 _CASTS = {bool: lambda v: str(v).strip().lower() in {"1", "true", "yes", "on"}}
