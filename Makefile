@@ -57,7 +57,9 @@ shell: $(STAMP)  ## nameko shell for one service: make shell SVC=identity
 	@test -n "$(SVC)" || { echo "usage: make shell SVC=identity"; exit 2; }
 	$(BIN)/nameko shell --config config/$(SVC).yaml
 
-bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md
+bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md (the gateway's needs wrk)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
+	  || { echo "make bench needs wrk (apt-get install wrk)"; exit 2; }
 	$(BIN)/python -m tests.bench
 
 admin: $(STAMP)  ## create or promote an administrator: make admin EMAIL=you@example.com
