@@ -1,0 +1,105 @@
+import hashlib
+import os
+from pathlib import Path
+
+from nameko.dependency_providers import Config
+
+from audit import entries, schemas
+from audit.consumer import TrailConsumer
+from audit.models import Base
+from shared import config as cfg
+from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.db import Database
+from shared.errors import Conflict, Invalid
+from shared.rpc import load, rpc
+
+EXPORT_MAX_ENTRIES_KEY = "AUDIT_EXPORT_MAX_ENTRIES"
+EXPORT_DIR_KEY = "AUDIT_EXPORT_DIR"
+
+
+def _payload(data, fields):
+    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
+    if data is None:
+        return fields
+    if not isinstance(data, dict):
+        return data  # load() rejects it with a clear error
+    return {**data, **fields}
+
+
+class AuditService(kernel.ServiceBase):
+    name = "audit"
+
+    db = Database(Base.metadata)
+    trail = TrailConsumer()
+    config = Config()
+
+    def _connection(self, snapshot=False):
+        session = self.db.session
+        if snapshot and session.get_bind().dialect.name == "postgresql":
+            return session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        return session.connection()
+
+    @rpc
+    def record(self, entry=None, **fields):
+        payload = load(schemas.RecordSchema(), _payload(entry, fields))
+        entry = entries.from_record(payload, self.context, self.trail.redactor,
+                                    self.trail.max_data_bytes)
+        rows, _ = entries.append(self._connection(), [entry])
+        self.db.commit()
+        if rows:
+            return entries.to_dict(rows[0])
+        return entries.by_event_id(self._connection(), entry["event_id"])
+
+    @rpc
+    def query(self, filters=None, **fields):
+        return entries.page(self._connection(), load(schemas.QuerySchema(),
+                                                     _payload(filters, fields)))
+
+    @rpc
+    def get(self, entry_id):
+        return entries.get(self._connection(), entry_id)
+
+    @rpc
+    def verify(self, from_seq=None, to_seq=None):
+        payload = load(schemas.VerifySchema(), {"from_seq": from_seq, "to_seq": to_seq})
+        return entries.verify(self._connection(snapshot=True), **payload)
+
+    @rpc
+    def head(self):
+        head = entries.head(self._connection())
+        return {"seq": head.seq, "hash": head.hash}
+
+    @rpc
+    def export(self, filters=None, **fields):
+        """The matching entries, oldest first, one JSON object a line (NDJSON)."""
+        payload = load(schemas.FiltersSchema(), _payload(filters, fields))
+        limit = cfg.setting(self.config, EXPORT_MAX_ENTRIES_KEY, 10_000, int)
+        lines = []
+        for row in entries.iterate(self._connection(snapshot=True), payload):
+            if len(lines) == limit:
+                raise Invalid(f"more than {limit} entries match; narrow the filters or use "
+                              "export_file", {"_schema": [f"more than {limit} entries match"]})
+            lines.append(entries.ndjson_line(row))
+        return "".join(lines)
+
+    @rpc
+    def export_file(self, filters=None, **fields):
+        """Write the matching entries as NDJSON to a new file in the export directory."""
+        payload = load(schemas.ExportFileSchema(), _payload(filters, fields))
+        name = payload.pop("name")
+        folder = Path(cfg.setting(self.config, EXPORT_DIR_KEY)
+                      or cfg.var_dir() / "audit-exports")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (name if "." in name else f"{name}.ndjson")
+        if path.exists():
+            raise Conflict(f"export {path.name} already exists", {"name": ["already exists"]})
+        digest, count, size = hashlib.sha256(), 0, 0
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as out:
+            for row in entries.iterate(self._connection(snapshot=True), payload):
+                line = entries.ndjson_line(row).encode("utf-8")
+                out.write(line)
+                digest.update(line)
+                count, size = count + 1, size + len(line)
+        partial.replace(path)
+        return {"path": str(path), "count": count, "bytes": size, "sha256": digest.hexdigest()}
