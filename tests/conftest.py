@@ -69,7 +69,11 @@ def pg_uri():
 
 @pytest.fixture
 def fresh_pg_uri():
-    """A PostgreSQL database of the test's own, for tests that need an empty one."""
+    """A PostgreSQL database of the test's own, for tests that need an empty one.
+
+    Ask for it before ``start_service`` in a test's arguments: fixtures are torn down in
+    reverse order, and the database must outlive the containers using it.
+    """
     uri = create_database()
     yield uri
     drop_database(uri)
