@@ -74,8 +74,9 @@ def test_no_input_yields_a_5xx_or_a_response_outside_the_schema(platform, api):
     assert len(operations) >= 25
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            if mode is GenerationMode.POSITIVE and \
-                    operation.definition.raw.get("operationId") in DESTRUCTIVE_FOR_THE_ADMIN:
+            # skipped in both modes: logout-all takes no body, so even a "negative" example
+            # (an ignored extra field) ends every session of the run's admin
+            if operation.definition.raw.get("operationId") in DESTRUCTIVE_FOR_THE_ADMIN:
                 continue
             failures += run_operation(operation, mode, platform.base_url, bearer(admin),
                                       session, statuses)

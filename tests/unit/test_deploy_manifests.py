@@ -4,6 +4,7 @@ Specification and Kubernetes schemas, and cross-checked against the code they na
 import json
 import re
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -31,13 +32,26 @@ def _compose_schema():
     return json.loads(path.read_text())
 
 
+def _validate_in_a_clean_interpreter(document):
+    # other tests (schemathesis) alter jsonschema's global state; check in a fresh process
+    script = ("import json, sys, jsonschema; from importlib import resources; "
+              "schema = json.loads((resources.files('check_jsonschema') / "
+              "'builtin_schemas/vendor/compose-spec.json').read_text()); "
+              "jsonschema.validate(json.load(sys.stdin), schema)")
+    return subprocess.run([sys.executable, "-c", script], input=json.dumps(document),
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_compose_file_follows_the_compose_specification(compose):
-    jsonschema.validate(compose, _compose_schema())
+    result = _validate_in_a_clean_interpreter(compose)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_compose_schema_check_can_fail(compose):
     broken = json.loads(json.dumps(compose))
     broken["services"]["identity"]["restart"] = ["not", "a", "string"]
+    result = _validate_in_a_clean_interpreter(broken)
+    assert result.returncode != 0 and "ValidationError" in result.stderr
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, _compose_schema())
 
