@@ -74,6 +74,15 @@ class AuthService(kernel.ServiceBase):
         payload = load(USER_ID, {"user_id": user_id})
         return sessions.active_of(self.db, payload["user_id"])
 
+    @rpc
+    def revoked_sessions(self):
+        """Sessions revoked while access tokens they were issued may still be valid: the
+        gateway refuses those tokens (it also hears each session.revoked event)."""
+        settings = self.tokens.settings
+        window = settings.access_ttl + settings.leeway
+        since = sessions.now_utc() - timedelta(seconds=window)
+        return {"session_ids": sessions.revoked_since(self.db, since), "window": window}
+
     @rpc(sensitive_arguments=("access_token",))
     def verify_token(self, access_token=None):
         payload = load(ACCESS_TOKEN, {"access_token": access_token})

@@ -128,6 +128,11 @@ def revoke(uow, session_id, reason, user_id=None, now=None):
     return bool(revoked)
 
 
+def revoked_since(uow, since):
+    """Ids of the sessions revoked at or after ``since``."""
+    return list(uow.session.scalars(sa.select(Session.id).where(Session.revoked_at >= since)))
+
+
 def revoke_all(uow, user_id, reason, now=None):
     """Revoke every live session of ``user_id``; returns how many. The caller commits."""
     now = now or now_utc()

@@ -23,9 +23,10 @@ from gateway.authz_cache import EventListener, PermissionCache
 from gateway.breakers import Breakers
 from gateway.discovery import ServiceView
 from gateway.limits import RateLimits
+from gateway.revocations import RevokedSessions, SessionListener
 from gateway.routes import RATE_CLASSES, load_routes
 from gateway.rpc import RpcPool
-from gateway.security import Jwks, TokenValidator, bearer_token
+from gateway.security import Jwks, TokenValidator, bearer_token, rejected
 from shared import context
 from shared.errors import PlinthError
 
@@ -68,6 +69,15 @@ class Gateway:
             self.listener = EventListener(settings["AMQP_URI"], self.permissions)
             self.permissions.trusted = lambda: self.listener.connected
         self.limits = RateLimits(settings, RATE_CLASSES)
+        # ended sessions (logout, password change, disabled user...): their tokens refused
+        self.revoked = RevokedSessions()
+        self.sessions = None
+        if get("SESSION_EVENTS", bool):
+            self.sessions = SessionListener(
+                settings["AMQP_URI"], self.revoked,
+                lambda: self.rpc.call("auth", "revoked_sessions", timeout=jwks_timeout,
+                                      context={"request_id": context.new_request_id(),
+                                               "actor_type": "system", "actor_id": "gateway"}))
         # health-aware routing: no passing instance in Consul -> 503 at once; a breaker per
         # service opens on repeated failures. Both sit in front of every RPC call.
         self.route_services = sorted({r.target.split(".", 1)[0] for r in routes if r.target})
@@ -85,12 +95,16 @@ class Gateway:
         self.view.start()
         if self.listener is not None:
             self.listener.start()
+        if self.sessions is not None:
+            self.sessions.start()
         self.rpc.connected()  # creates and starts the process's client
 
     def close(self):
         self.view.stop()
         if self.listener is not None:
             self.listener.stop()
+        if self.sessions is not None:
+            self.sessions.stop()
         self.rpc.close()
         self._pid = None
 
@@ -107,6 +121,10 @@ def _identify(state):
             g.principal = state.validator.validate(bearer_token(header))
         except PlinthError as exc:
             g.auth_error = exc  # raised by routes that need a caller; public ones ignore it
+            return
+        if g.principal.session_id in state.revoked:
+            g.principal = None
+            g.auth_error = rejected("revoked", "the session has ended")
             return
         context.actor_var.set(context.Actor(g.principal.user_id, g.principal.actor_type))
 
@@ -163,3 +181,5 @@ def warm_up(app, timeout=5.0):
     state.rpc.connected(wait=timeout)
     if not state.jwks.loaded:
         state.jwks.refresh(force=True)
+    if state.sessions is not None:
+        state.sessions.wait_synced(timeout)

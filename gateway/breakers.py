@@ -46,7 +46,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 FAIL_MAX_KEY = "BREAKER_FAIL_MAX"
 RESET_TIMEOUT_KEY = "BREAKER_RESET_TIMEOUT"
 DEFAULT_FAIL_MAX = 5
-DEFAULT_RESET_TIMEOUT = 30.0
+DEFAULT_RESET_TIMEOUT = 5.0  # the platform recovers within 10 s of an outage's end
 # outcomes gateway.rpc.RpcPool reports to after_rpc hooks that mean "the service failed us"
 FAILURE_OUTCOMES = frozenset({"timeout", "unavailable", "failed"})
 

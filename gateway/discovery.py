@@ -40,9 +40,14 @@ log = logging.getLogger("gateway.discovery")
 
 WATCH_WAIT_KEY = "CONSUL_WATCH_WAIT"
 RETRY_AFTER_KEY = "RETRY_AFTER_NO_INSTANCE"
+REJOIN_GRACE_KEY = "CONSUL_REJOIN_GRACE"
 DEFAULT_WAIT = 30.0
 DEFAULT_RETRY_AFTER = 5
 DEFAULT_BACKOFF_MAX = 5.0
+# seconds after the registry comes back during which "no passing instance" is not believed
+# (instances need time to register again: their retry backoff grows while it is away); the
+# gateway sets it (CONSUL_REJOIN_GRACE), a bare view has none
+DEFAULT_REJOIN_GRACE = 0.0
 CONSUL_SERVICE = "consul"  # the agent lists itself in the catalog
 
 
@@ -76,7 +81,7 @@ class ServiceView:
 
     def __init__(self, registry_factory=None, services=(), discover=True, wait=DEFAULT_WAIT,
                  retry_after=DEFAULT_RETRY_AFTER, backoff_max=DEFAULT_BACKOFF_MAX,
-                 address=None, clock=time.time):
+                 address=None, clock=time.time, rejoin_grace=DEFAULT_REJOIN_GRACE):
         self.registry_factory = registry_factory
         self.enabled = registry_factory is not None
         self.address = address
@@ -84,6 +89,7 @@ class ServiceView:
         self.wait = float(wait)
         self.retry_after = int(retry_after)
         self.backoff_max = float(backoff_max)
+        self.rejoin_grace = float(rejoin_grace)
         self.clock = clock
         self._initial = tuple(services)
         self._lock = threading.Condition()
@@ -94,6 +100,7 @@ class ServiceView:
         self._last_ok = None
         self._last_error_at = None
         self._last_error = None
+        self._back_at = None  # when the registry became reachable again after an error
         self.version = 0  # bumps on every change the view records (for waiters)
 
     @classmethod
@@ -104,6 +111,8 @@ class ServiceView:
         options.setdefault("wait", parse_duration(setting(config, WATCH_WAIT_KEY, DEFAULT_WAIT)))
         options.setdefault("retry_after",
                            int(setting(config, RETRY_AFTER_KEY, DEFAULT_RETRY_AFTER, float)))
+        options.setdefault("rejoin_grace", parse_duration(
+            setting(config, REJOIN_GRACE_KEY, DEFAULT_REJOIN_GRACE)))
         if not address:
             log.info("%s is empty: the gateway routes without a service registry",
                      CONSUL_HTTP_ADDR_KEY)
@@ -172,7 +181,10 @@ class ServiceView:
             if item is not None:
                 if not item.answered or item.error is not None:
                     return None
-                return any(i["status"] == "passing" for i in item.instances.values())
+                passing = any(i["status"] == "passing" for i in item.instances.values())
+                if not passing and self._rejoining():
+                    return None  # a registry that just came back may not know them yet
+                return passing
         self.watch(service, configured=False)  # a route to a service not seen yet
         return None
 
@@ -198,6 +210,9 @@ class ServiceView:
             return None
         with self._lock:
             return self._reachable()
+
+    def _rejoining(self):
+        return self._back_at is not None and self.clock() - self._back_at < self.rejoin_grace
 
     def _reachable(self):
         if self._last_ok is None:
@@ -273,6 +288,8 @@ class ServiceView:
 
     def _note_ok(self):
         with self._lock:
+            if not self._reachable() and self._last_error_at is not None:
+                self._back_at = self.clock()
             self._last_ok = self.clock()
 
     def _note_error(self, exc):
@@ -299,6 +316,8 @@ class ServiceView:
             if item.stop.is_set():
                 return
             was_reachable = self._reachable()
+            if not was_reachable and self._last_error_at is not None:
+                self._back_at = now
             # Consul's advice: an index that goes backwards means start over from 0
             item.index = 0 if index < item.index else index
             previous = item.instances

@@ -16,7 +16,7 @@ from flask import current_app, g, request
 from marshmallow import ValidationError, fields
 
 from gateway.errors import UnsupportedMediaType
-from shared.errors import Forbidden, Invalid, Unauthorized
+from shared.errors import Forbidden, Invalid, PlinthError, Unauthorized
 
 __all__ = ["make_view", "rpc_context", "require_principal"]
 
@@ -165,9 +165,13 @@ def make_view(route, state):
             "body": _load(schemas["body"], _json_body(), "body") if route.body is not None
             else {},
         }
-        result = state.rpc.call(route.service, route.rpc_method,
-                                call_kwargs(route, inputs, principal), timeout=route.timeout,
-                                context=rpc_context())
+        try:
+            result = state.rpc.call(route.service, route.rpc_method,
+                                    call_kwargs(route, inputs, principal),
+                                    timeout=route.timeout, context=rpc_context())
+        except PlinthError:
+            g.target_error = True  # the route's ``errors`` remap applies to these only
+            raise
         return _render(route, result, schemas["response"])
 
     view.__name__ = view.__qualname__ = route.endpoint

@@ -131,7 +131,10 @@ def _http_error(exc):
 
 def _typed_error(exc):
     route = getattr(g, "route", None)
-    status = route.error_status.get(exc.kind) if route is not None else None
+    # a route's remap is about its target's answers (e.g. a wrong current password), never
+    # the gateway's own refusals (no token: 401 whatever the route says)
+    status = route.error_status.get(exc.kind) \
+        if route is not None and g.get("target_error") else None
     if exc.status >= 500:
         log.warning("%s answered %s: %s", getattr(route, "target", "gateway"), exc.kind,
                     exc.message)

@@ -37,6 +37,8 @@ DEFAULTS = {
     "AUTHZ_CACHE_TTL": 300.0,
     "AUTHZ_TIMEOUT": 3.0,
     "AUTHZ_EVENTS": True,
+    # ended sessions: listen to auth's session.revoked and refuse those sessions' tokens
+    "SESSION_EVENTS": True,
     # rate limits: "N/period[;N/period...]" per class; empty disables that limit
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -65,8 +67,11 @@ DEFAULTS = {
     "CONSUL_WATCH_WAIT": "30s",
     "CONSUL_TIMEOUT": "3s",
     "RETRY_AFTER_NO_INSTANCE": 5,
+    # after a registry outage, "no passing instance" is not believed for this long (routing
+    # blindly meanwhile): instances are still registering again
+    "CONSUL_REJOIN_GRACE": "45s",
     "BREAKER_FAIL_MAX": 5,
-    "BREAKER_RESET_TIMEOUT": 30.0,
+    "BREAKER_RESET_TIMEOUT": 5.0,
 }
 
 _CASTS = {bool: lambda v: str(v).strip().lower() in {"1", "true", "yes", "on"}}

@@ -17,7 +17,7 @@ import re
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -210,12 +210,17 @@ class CheckSpec:
     interval: float = DEFAULT_CHECK_INTERVAL
     timeout: float = DEFAULT_CHECK_TIMEOUT
     deregister_after: float | None = DEFAULT_DEREGISTER_AFTER
+    # the check's status until it first runs (None: Consul's default, critical)
+    status: str | None = None
 
     def to_consul(self):
         deregister = (format_duration(self.deregister_after)
                       if self.deregister_after is not None else None)
-        return consul.Check.http(self.http, format_duration(self.interval),
-                                 timeout=format_duration(self.timeout), deregister=deregister)
+        check = consul.Check.http(self.http, format_duration(self.interval),
+                                  timeout=format_duration(self.timeout), deregister=deregister)
+        if self.status:
+            check["Status"] = self.status
+        return check
 
 
 class ServiceRegistry(abc.ABC):
@@ -544,7 +549,12 @@ class Registration(DependencyProvider):
                 if self.state == "registered" else None
             if health is None:
                 self._may_be_registered = True  # a timed-out request may still have landed
-                self.registry.register(self.instance, self.check)
+                # an instance Consul forgot (restarted) while it was passing comes back
+                # passing, not critical until its next check: a registry restart must not
+                # take healthy instances out of routing (the next check corrects it)
+                check = replace(self.check, status="passing") \
+                    if self.check_status == "passing" else self.check
+                self.registry.register(self.instance, check)
                 self.registered_at = time.time()
                 log.info("registered %s with Consul at %s (check %s every %s)",
                          self.instance.id, self.registry.address, self.check.http,

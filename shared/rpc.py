@@ -3,6 +3,8 @@
 import logging
 import uuid
 
+from amqp.exceptions import ConnectionError as AmqpConnectionError
+from kombu.exceptions import OperationalError as BrokerError
 from marshmallow import ValidationError
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
@@ -43,7 +45,15 @@ class _RpcConsumer(RpcConsumer):
             config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
             ssl=config.get(AMQP_SSL_CONFIG_KEY), login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
         )
-        result, exc_info = responder.send_response(result, exc_info)
+        try:
+            result, exc_info = responder.send_response(result, exc_info)
+        except (BrokerError, AmqpConnectionError, OSError) as exc:
+            # The broker went away while the worker ran: the caller's reply queue went with
+            # it, so the reply is lost either way. Raised from here, the error would kill the
+            # whole container (nameko treats it as a crashed worker thread).
+            log.warning("could not send the reply of %s: the broker is unreachable (%s)",
+                        message.delivery_info.get("routing_key"), type(exc).__name__)
+        # acked only if its channel is still alive; otherwise the broker redelivers it
         self.queue_consumer.ack_message(message)
         return result, exc_info
 

@@ -28,6 +28,8 @@ __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
 
 log = logging.getLogger(__name__)
 RPC_EXCHANGE = "nameko-rpc"
+# once a connection was lost, how long a call waits for the reader to reconnect before it fails
+RECONNECT_GRACE = 0.5
 SOCKET_TIMEOUT = 5.0
 
 
@@ -231,7 +233,12 @@ class RpcClient:
         timeout = self.timeout if timeout is None else timeout
         if not self._ready.is_set():
             self.start()
-            if not self._ready.wait(min(timeout, self.connect_timeout)):
+            # the first connection is worth waiting for; after a lost one the reader is
+            # reconnecting in the background, and an outage must not hold every caller for
+            # connect_timeout: a short grace for a quick reconnect, then fail
+            wait = self.connect_timeout if self._generation == 0 \
+                else min(self.connect_timeout, RECONNECT_GRACE)
+            if not self._ready.wait(min(timeout, wait)):
                 raise BrokerUnavailable("the message broker is unreachable")
         correlation_id = uuid.uuid4().hex
         pending = _Pending()
