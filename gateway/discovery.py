@@ -179,7 +179,8 @@ class ServiceView:
         with self._lock:
             item = self._services.get(service)
             if item is not None:
-                if not item.answered or item.error is not None:
+                # any watcher finding Consul unreachable voids every verdict, not just its own
+                if not item.answered or item.error is not None or not self._reachable():
                     return None
                 passing = any(i["status"] == "passing" for i in item.instances.values())
                 if not passing and self._rejoining():
