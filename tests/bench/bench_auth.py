@@ -18,8 +18,8 @@ from eventlet import tpool
 
 from auth import keys, tokens
 from shared.rpc_client import RpcClient
+from tests.bench.env import AUTH_SECRET as SECRET
 
-SECRET = "bench-only-auth-key-encryption-secret-0123456789"
 PASSWORD = "violet-Lantern-42-orbit"
 # identity's defaults (identity.passwords), which `nameko run` uses with no ARGON2_* set
 ARGON2 = {"time_cost": 2, "memory_cost": 65536, "parallelism": 1}

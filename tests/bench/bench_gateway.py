@@ -16,6 +16,7 @@ import requests
 from nameko.testing.utils import find_free_port
 
 from shared.rpc_client import RpcClient
+from tests.bench.env import AUTH_SECRET as SECRET
 from tests.bench.env import ROOT
 
 CONNECTIONS = 32
@@ -25,7 +26,6 @@ WARMUP = 2
 CEILING_SECONDS = 4
 WORKERS, THREADS = 2, 8
 PASSWORD = "bench-Orbit-Lantern-93"
-SECRET = "bench-only-auth-key-encryption-secret-4e1f7a20c9"
 CONTEXT = {"request_id": "bench-gateway", "actor_type": "system", "actor_id": "bench"}
 # the limiter stays on (its cost is part of the path) but must not refuse the benchmark
 LIMITS = {f"GATEWAY_RATE_LIMIT_{cls}_{kind}": "10000000/minute"

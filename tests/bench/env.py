@@ -15,6 +15,9 @@ from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 RABBIT_API = os.environ.get("PLINTH_RABBIT_API", "http://guest:guest@127.0.0.1:15672")
+# one key-encryption secret for every benchmark: they share a database, so auth's stored keys
+# must decrypt whichever benchmark starts auth
+AUTH_SECRET = "bench-only-auth-key-encryption-secret-0123456789"
 
 
 class BenchEnv:
