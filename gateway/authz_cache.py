@@ -15,15 +15,13 @@ answer may predate the change.
 
 import itertools
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections import OrderedDict
 
 from authz.permissions import Grants
 from gateway import metrics
+from gateway.events import EventSubscription
 
 __all__ = ["PermissionCache", "EventListener", "ROUTING_KEY"]
 
@@ -91,96 +89,23 @@ class PermissionCache:
             self._cleared = next(self._stamps)
 
 
-class EventListener:
+class EventListener(EventSubscription):
     """Consumes ``authz.events`` ``role.*`` into ``cache`` from a daemon thread."""
 
     def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=10):
-        self.amqp_uri = amqp_uri
+        super().__init__(amqp_uri, "authz", routing_key, "authz-events", heartbeat)
         self.cache = cache
-        self.routing_key = routing_key
-        self.heartbeat = heartbeat
-        self.queue_name = (f"gateway-authz-events-{socket.gethostname()}-{os.getpid()}-"
-                           f"{uuid.uuid4().hex[:8]}")
-        self._connected = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = None
-        self._pid = None
-        self.received = 0
-        self.last_error = None
 
-    @property
-    def connected(self):
-        return self._connected.is_set() and self._pid == os.getpid()
+    def on_bound(self):
+        # from now on no event is missed, so what came before goes
+        self.cache.clear()
 
-    def start(self):
-        if self._thread is not None and self._pid == os.getpid():
-            return self
-        self._pid = os.getpid()
-        self._connected.clear()
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="authz-events", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait_connected(self, timeout):
-        return self._connected.wait(timeout)
-
-    def stop(self):
-        self._stopped.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
-
-    def _on_message(self, body, message):
-        try:
-            self.received += 1
-            event_type = message.delivery_info.get("routing_key", "")
-            metrics.AUTHZ_EVENTS.labels(event_type).inc()
-            data = body.get("data") if isinstance(body, dict) else None
-            users = data.get("affected_users") if isinstance(data, dict) else None
-            if isinstance(users, list) and all(isinstance(u, str) for u in users):
-                self.cache.invalidate(users)
-            else:  # an event we cannot read precisely: forget everything to be safe
-                log.warning("authz event %s without affected_users: cache cleared", event_type)
-                self.cache.clear()
-        finally:
-            message.ack()
-
-    def _run(self):
-        from kombu import Connection, Consumer, Queue
-        from nameko.standalone.events import get_event_exchange
-
-        failures = 0
-        while not self._stopped.is_set():
-            try:
-                with Connection(self.amqp_uri, heartbeat=self.heartbeat,
-                                connect_timeout=3) as conn:
-                    conn.ensure_connection(max_retries=1)
-                    channel = conn.channel()
-                    exchange = get_event_exchange("authz", {})
-                    exchange(channel).declare()
-                    queue = Queue(self.queue_name, exchange=exchange,
-                                  routing_key=self.routing_key, exclusive=True,
-                                  auto_delete=True, durable=False)
-                    with Consumer(channel, queues=[queue], callbacks=[self._on_message],
-                                  accept=["json"]):
-                        # bound: from now on no event is missed, so what came before goes
-                        self.cache.clear()
-                        self._connected.set()
-                        failures = 0
-                        self.last_error = None
-                        log.info("listening to authz events on %s", self.queue_name)
-                        while not self._stopped.is_set():
-                            try:
-                                conn.drain_events(timeout=1)
-                            except TimeoutError:
-                                conn.heartbeat_check()
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
-                self.last_error = exc
-                if self._connected.is_set():
-                    log.warning("lost authz events (%s: %s); reconnecting",
-                                type(exc).__name__, exc)
-                self._connected.clear()
-                failures += 1
-                self._stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
-        self._connected.clear()
+    def on_event(self, body, event_type):
+        metrics.AUTHZ_EVENTS.labels(event_type).inc()
+        data = body.get("data") if isinstance(body, dict) else None
+        users = data.get("affected_users") if isinstance(data, dict) else None
+        if isinstance(users, list) and all(isinstance(u, str) for u in users):
+            self.cache.invalidate(users)
+        else:  # an event we cannot read precisely: forget everything to be safe
+            log.warning("authz event %s without affected_users: cache cleared", event_type)
+            self.cache.clear()

@@ -11,11 +11,10 @@ authorisation cache's listener); once bound, at every (re)connection, it asks au
 """
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
+
+from gateway.events import EventSubscription
 
 __all__ = ["RevokedSessions", "SessionListener", "ROUTING_KEY"]
 
@@ -58,57 +57,35 @@ class RevokedSessions:
                 self._until = {s: u for s, u in self._until.items() if u > now}
 
 
-class SessionListener:
+class SessionListener(EventSubscription):
     """Consumes ``auth.events`` ``session.revoked`` into ``revoked``; ``fetch()`` returns
     auth's ``revoked_sessions`` answer (``{"session_ids": [...], "window": seconds}``)."""
 
     def __init__(self, amqp_uri, revoked, fetch, heartbeat=10, retry_fetch=2.0):
-        self.amqp_uri = amqp_uri
+        super().__init__(amqp_uri, "auth", ROUTING_KEY, "session-events", heartbeat)
         self.revoked = revoked
         self.fetch = fetch
-        self.heartbeat = heartbeat
         self.retry_fetch = retry_fetch
-        self.queue_name = (f"gateway-session-events-{socket.gethostname()}-{os.getpid()}-"
-                           f"{uuid.uuid4().hex[:8]}")
-        self._connected = threading.Event()
         self._synced = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = None
-        self._pid = None
         self.synced = False  # the revocations made while not listening are known
-        self.received = 0
-        self.last_error = None
+        self._last_sync = 0.0
 
-    @property
-    def connected(self):
-        return self._connected.is_set() and self._pid == os.getpid()
+    def on_bound(self):
+        # from now on no revocation is missed; fetch what came before (on_idle)
+        self.synced = False
+        self._last_sync = 0.0
 
-    def start(self):
-        if self._thread is not None and self._pid == os.getpid():
-            return self
-        self._pid = os.getpid()
-        self._connected.clear()
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="session-events", daemon=True)
-        self._thread.start()
-        return self
+    def on_idle(self):
+        if not self.synced and time.monotonic() - self._last_sync > self.retry_fetch:
+            self._last_sync = time.monotonic()
+            self._sync()
 
-    def stop(self):
-        self._stopped.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
-
-    def _on_message(self, body, message):
-        try:
-            self.received += 1
-            data = body.get("data") if isinstance(body, dict) else None
-            session_id = data.get("session_id") if isinstance(data, dict) else None
-            if session_id is None and isinstance(body, dict):
-                session_id = body.get("subject")
-            self.revoked.add([session_id])
-        finally:
-            message.ack()
+    def on_event(self, body, event_type):
+        data = body.get("data") if isinstance(body, dict) else None
+        session_id = data.get("session_id") if isinstance(data, dict) else None
+        if session_id is None and isinstance(body, dict):
+            session_id = body.get("subject")
+        self.revoked.add([session_id])
 
     def _sync(self):
         """Learn what was revoked while this process was not listening (best effort)."""
@@ -130,45 +107,3 @@ class SessionListener:
         """Wait until the revocations made before this process listened are known (the
         first sync; the gateway's warm-up waits for it before taking requests)."""
         return self._synced.wait(timeout)
-
-    def _run(self):
-        from kombu import Connection, Consumer, Queue
-        from nameko.standalone.events import get_event_exchange
-
-        failures = 0
-        while not self._stopped.is_set():
-            try:
-                with Connection(self.amqp_uri, heartbeat=self.heartbeat,
-                                connect_timeout=3) as conn:
-                    conn.ensure_connection(max_retries=1)
-                    channel = conn.channel()
-                    exchange = get_event_exchange("auth", {})
-                    exchange(channel).declare()
-                    queue = Queue(self.queue_name, exchange=exchange, routing_key=ROUTING_KEY,
-                                  exclusive=True, auto_delete=True, durable=False)
-                    with Consumer(channel, queues=[queue], callbacks=[self._on_message],
-                                  accept=["json"]):
-                        # bound: from now on no revocation is missed; fetch what came before
-                        self._connected.set()
-                        self.synced = False
-                        failures = 0
-                        self.last_error = None
-                        last_sync = 0.0
-                        while not self._stopped.is_set():
-                            if not self.synced and time.monotonic() - last_sync > \
-                                    self.retry_fetch:
-                                last_sync = time.monotonic()
-                                self._sync()
-                            try:
-                                conn.drain_events(timeout=1)
-                            except TimeoutError:
-                                conn.heartbeat_check()
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
-                self.last_error = exc
-                if self._connected.is_set():
-                    log.warning("lost session events (%s: %s); reconnecting",
-                                type(exc).__name__, exc)
-                self._connected.clear()
-                failures += 1
-                self._stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
-        self._connected.clear()

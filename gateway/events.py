@@ -1,0 +1,114 @@
+"""A subscription to one service's events for this gateway process.
+
+Each gateway process needs every event of some kinds (authz's role changes, auth's revoked
+sessions), so each binds its own exclusive, auto-delete queue to the service's nameko events
+exchange, from a daemon thread (plain kombu; the gateway does not use eventlet) that
+reconnects by itself. A subclass says what an event does (``on_event``), what to do once the
+queue is bound again — events may have been missed while it was not (``on_bound``) — and
+what to retry while connected (``on_idle``).
+"""
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+__all__ = ["EventSubscription"]
+
+log = logging.getLogger("gateway.events")
+
+
+class EventSubscription:
+    def __init__(self, amqp_uri, source, routing_key, name, heartbeat=10):
+        self.amqp_uri = amqp_uri
+        self.source, self.routing_key, self.name = source, routing_key, name
+        self.heartbeat = heartbeat
+        self.queue_name = (f"gateway-{name}-{socket.gethostname()}-{os.getpid()}-"
+                           f"{uuid.uuid4().hex[:8]}")
+        self._connected = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = None
+        self._pid = None
+        self.received = 0
+        self.last_error = None
+
+    # -- what a subscription does ----------------------------------------------------------
+    def on_event(self, body, event_type):
+        raise NotImplementedError
+
+    def on_bound(self):
+        """The queue is bound: from now on nothing is missed (called before ``connected``)."""
+
+    def on_idle(self):
+        """Called about once a second while connected."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def connected(self):
+        return self._connected.is_set() and self._pid == os.getpid()
+
+    def start(self):
+        if self._thread is not None and self._pid == os.getpid():
+            return self
+        self._pid = os.getpid()
+        self._connected.clear()
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout):
+        return self._connected.wait(timeout)
+
+    def stop(self):
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _on_message(self, body, message):
+        try:
+            self.received += 1
+            self.on_event(body, message.delivery_info.get("routing_key", ""))
+        finally:
+            message.ack()
+
+    def _run(self):
+        from kombu import Connection, Consumer, Queue
+        from nameko.standalone.events import get_event_exchange
+
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                with Connection(self.amqp_uri, heartbeat=self.heartbeat,
+                                connect_timeout=3) as conn:
+                    conn.ensure_connection(max_retries=1)
+                    channel = conn.channel()
+                    exchange = get_event_exchange(self.source, {})
+                    exchange(channel).declare()
+                    queue = Queue(self.queue_name, exchange=exchange,
+                                  routing_key=self.routing_key, exclusive=True,
+                                  auto_delete=True, durable=False)
+                    with Consumer(channel, queues=[queue], callbacks=[self._on_message],
+                                  accept=["json"]):
+                        self.on_bound()
+                        self._connected.set()
+                        failures = 0
+                        self.last_error = None
+                        log.info("listening to %s events on %s", self.source, self.queue_name)
+                        while not self._stopped.is_set():
+                            self.on_idle()
+                            try:
+                                conn.drain_events(timeout=1)
+                            except TimeoutError:
+                                conn.heartbeat_check()
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                self.last_error = exc
+                if self._connected.is_set():
+                    log.warning("lost %s events (%s: %s); reconnecting", self.source,
+                                type(exc).__name__, exc)
+                self._connected.clear()
+                failures += 1
+                self._stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+        self._connected.clear()
