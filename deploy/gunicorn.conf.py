@@ -103,12 +103,19 @@ def post_worker_init(worker):
     taking requests (best effort: what fails here is retried on demand)."""
     app = getattr(worker, "wsgi", None)
     if app is not None and "plinth" in getattr(app, "extensions", {}):
+        import time
+
         from gateway.app import warm_up
 
+        started = time.monotonic()
         try:
             warm_up(app)
         except Exception as exc:  # noqa: BLE001 - the app retries at its first request
             worker.log.warning("gateway warm-up failed: %s: %s", type(exc).__name__, exc)
+        # one line per worker, once it takes requests: readiness probes reach only one of them
+        worker.log.info("gateway worker ready", extra={
+            "event": "worker_ready", "pid": worker.pid,
+            "warm_up_ms": round((time.monotonic() - started) * 1000, 1)})
 
 
 def worker_exit(server, worker):

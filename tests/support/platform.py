@@ -305,7 +305,7 @@ class Platform:
                                     f"was ready; see {process.log_path}:\n{self.tail(name)}")
             try:
                 response = requests.get(process.url("/health/ready"), timeout=2)
-                if response.status_code == 200:
+                if response.status_code == 200 and self._workers_ready(name):
                     return process
                 last = f"{response.status_code} {response.text[:300]}"
             except requests.RequestException as exc:
@@ -313,6 +313,15 @@ class Platform:
             time.sleep(0.1)
         raise PlatformError(f"{name} was not ready within {timeout or self.startup_timeout:g}s "
                             f"(last: {last}); see {process.log_path}:\n{self.tail(name)}")
+
+    def _workers_ready(self, name):
+        """The gateway's probe reaches one worker; every worker logs when it has warmed up."""
+        if name != GATEWAY:
+            return True
+        since_start = self.log(name).rsplit("\n--- start ", 1)[-1]
+        pids = {rec.get("pid") for rec in _json_lines(since_start)
+                if rec.get("event") == "worker_ready"}
+        return len(pids) >= self.workers
 
     # -- addresses and logs -------------------------------------------------------------------
     @property
@@ -334,14 +343,7 @@ class Platform:
 
     def log_records(self, name):
         """The JSON log lines of ``name`` (others, such as tracebacks, are skipped)."""
-        records = []
-        for line in self.log(name).splitlines():
-            if line.startswith("{"):
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
-        return records
+        return _json_lines(self.log(name))
 
     # -- conveniences -------------------------------------------------------------------------
     def rpc_client(self, timeout=10.0):
@@ -432,6 +434,18 @@ def platform_fixture(scope="module", **options):
 
 
 # -- infrastructure ---------------------------------------------------------------------------
+def _json_lines(text):
+    """The JSON log lines in ``text`` (others, such as tracebacks, are skipped)."""
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
 def _killpg(pid, sig):
     try:
         os.killpg(pid, sig)
