@@ -56,7 +56,8 @@ class _Pending:
         self.error = None
 
 
-def _connection_params(amqp_uri, connect_timeout):
+def amqp_connection_params(amqp_uri, connect_timeout):
+    """py-amqp ``Connection`` arguments for ``amqp_uri``: no heartbeats, no blocked notices."""
     url = urlparse(amqp_uri)
     vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
     return dict(
@@ -97,7 +98,7 @@ class RpcClient:
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self):
-        params = _connection_params(self.amqp_uri, self.connect_timeout)
+        params = amqp_connection_params(self.amqp_uri, self.connect_timeout)
         # Two connections so that each socket is used by one thread at a time: py-amqp is not
         # thread-safe. The reader thread alone reads ``sub``; callers publish on ``pub`` under
         # the write lock and read its returns (unroutable calls) there too.

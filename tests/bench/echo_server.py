@@ -8,11 +8,11 @@ import sys
 
 import amqp
 
-from shared.rpc_client import _connection_params
+from shared.rpc_client import amqp_connection_params
 
 
 def main(amqp_uri, queue):
-    conn = amqp.Connection(**_connection_params(amqp_uri, 5))
+    conn = amqp.Connection(**amqp_connection_params(amqp_uri, 5))
     conn.connect()
     channel = conn.channel()
     channel.queue_declare(queue, auto_delete=True)
