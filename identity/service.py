@@ -31,7 +31,7 @@ class IdentityService(kernel.ServiceBase):
 
     @rpc
     def get_user(self, user_id):
-        return users.to_dict(users.get(self.db, user_id))
+        return users.to_dict(users.read(self.db, user_id))
 
     @rpc
     def get_user_by_email(self, email):

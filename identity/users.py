@@ -50,6 +50,18 @@ def get(uow, user_id, lock=False, include_deleted=False):
     return user
 
 
+_by_id = sa.select(User.__table__).where(User.__table__.c.id == sa.bindparam("user_id"))
+
+
+def read(uow, user_id):
+    """``get`` for a caller that only reads: a Core row instead of an ORM object."""
+    check_id(user_id)
+    rows = uow.read(_by_id, {"user_id": user_id})
+    if not rows or rows[0].status == "deleted":
+        raise NotFound(f"user {user_id} not found", {"user_id": user_id})
+    return rows[0]
+
+
 def by_email(uow, email):
     if not isinstance(email, str) or not email.strip() or len(email) > 320:
         raise Invalid("email is not valid", {"email": ["not a valid email address"]})

@@ -110,6 +110,17 @@ class UnitOfWork:
             self._session = self._factory()
         return self._session
 
+    def read(self, statement, params=None):
+        """Run a read-only Core statement on a connection of its own and return its rows.
+
+        For a handler whose whole job is one read (``get_user``): it skips the ORM (identity
+        map, object loading) and this unit's session, which costs about twice as much CPU
+        per call. The statement runs outside this unit's transaction, so it does not see
+        changes this unit has not committed; reads that must, go through ``session``.
+        """
+        with self._factory.kw["bind"].connect() as conn:
+            return conn.execute(statement, params or {}).all()
+
     def emit(self, event_type, subject, data=None, actor=None):
         """Queue ``event_type`` in the outbox; it is published only if this unit commits."""
         envelope = outbox.envelope(self.service, event_type, subject, data or {},
