@@ -50,6 +50,9 @@ class Session(Base):
     __table_args__ = (
         sa.Index("ix_sessions_account_key_client_key", "account_key", "client_key"),
         sa.Index("ix_sessions_expires_at", "expires_at"),
+        # the sessions revoked within an access token's lifetime, asked for by every gateway
+        # process at (re)connection (sessions.revoked_since)
+        sa.Index("ix_sessions_revoked_at", "revoked_at"),
     )
 
 
