@@ -29,6 +29,7 @@ from kombu import Connection, Queue
 from nameko.standalone.events import get_event_exchange
 
 from shared.db import make_engine
+from tests.bench import procstat
 
 SOURCES = ("identity", "auth", "authz")
 STEADY_RATE = int(os.environ.get("AUDIT_BENCH_RATE", 5000))
@@ -108,34 +109,15 @@ def _publish_in_process(amqp_uri, action, count, rate=0):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _machine_busy():
-    """(busy, total) jiffies of the whole machine so far."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
 def _cpu_by_process(audit_pid):
     """CPU seconds used so far by audit, RabbitMQ, PostgreSQL and the bench's own children."""
     import resource
 
-    totals = {"audit": 0.0, "rabbitmq": 0.0, "postgres": 0.0}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        if int(stat.parent.name) == audit_pid:
-            totals["audit"] += seconds
-        elif name in ("beam.smp", "erl_child_setup", "epmd"):
-            totals["rabbitmq"] += seconds
-        elif name == "postgres":
-            totals["postgres"] += seconds
+    totals = procstat.cpu_by_group({
+        "audit": lambda pid, name: pid == audit_pid,
+        "rabbitmq": lambda pid, name: name in ("beam.smp", "erl_child_setup", "epmd"),
+        "postgres": lambda pid, name: name == "postgres",
+    })
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped ones: the publisher
     totals["publisher"] = children.ru_utime + children.ru_stime
     return totals
@@ -195,11 +177,11 @@ def _baseline_append(db_uri, count=20000, batch=1000):
 
 
 def _phase(env, proc, engine, action, count, rate=0):
-    cpu0, busy0, wall0 = _cpu_by_process(proc.pid), _machine_busy(), time.monotonic()
+    cpu0, busy0, wall0 = _cpu_by_process(proc.pid), procstat.machine_busy(), time.monotonic()
     seconds = _publish_in_process(env.amqp_uri, action, count, rate)
     rows = _wait_rows(engine, action, count)
     elapsed = time.monotonic() - wall0
-    busy1, cpu1 = _machine_busy(), _cpu_by_process(proc.pid)
+    busy1, cpu1 = procstat.machine_busy(), _cpu_by_process(proc.pid)
     figures = _figures(engine, action)
     share = {k: (cpu1[k] - cpu0[k]) / elapsed for k in cpu0}
     per_event = {k: (cpu1[k] - cpu0[k]) / count * 1e6 for k in cpu0}

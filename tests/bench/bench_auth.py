@@ -19,6 +19,7 @@ from eventlet import tpool
 from auth import keys, tokens
 from shared.rpc_client import RpcClient
 from tests.bench.env import AUTH_SECRET as SECRET
+from tests.bench.procstat import cpu_seconds
 
 PASSWORD = "violet-Lantern-42-orbit"
 # identity's defaults (identity.passwords), which `nameko run` uses with no ARGON2_* set
@@ -29,14 +30,6 @@ USERS = 16
 CONCURRENCY = 4 * (os.cpu_count() or 1)
 LOGIN_SECONDS = 20.0
 VERIFY_SECONDS = 5.0
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
 
 def argon2_single_verify():
     """Median time of one verification, alone on the machine's cores."""

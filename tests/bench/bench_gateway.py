@@ -11,13 +11,12 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import requests
 from nameko.testing.utils import find_free_port
 
 from shared.rpc_client import RpcClient
-from tests.bench.bench_auth import cpu_seconds
+from tests.bench import procstat
 from tests.bench.env import AUTH_SECRET as SECRET
 from tests.bench.env import ROOT
 
@@ -95,52 +94,18 @@ def _wrk(url, token=None, duration=DURATION):
 
 
 def _measure(url, token=None, processes=None):
-    """wrk after a warm-up; with ``processes`` ({name: pid getter}), also CPU per request."""
+    """wrk after a warm-up; with ``processes`` (procstat.cpu_by_group's groups), also CPU
+    per request by group and machine-wide."""
     _wrk(url, token, duration=WARMUP)
     if processes is None:
         return _wrk(url, token)
-    before, busy_before = _cpu_by_group(processes), _machine_busy()
+    before, busy_before = procstat.cpu_by_group(processes), procstat.machine_busy()[0]
     result = _wrk(url, token)
-    after, busy_after = _cpu_by_group(processes), _machine_busy()
+    after, busy_after = procstat.cpu_by_group(processes), procstat.machine_busy()[0]
     served = max(1, result["requests"])
     result["cpu_ms"] = {name: (after[name] - before[name]) / served * 1000 for name in after}
-    result["machine_cpu_ms"] = (busy_after - busy_before) / served * 1000
+    result["machine_cpu_ms"] = (busy_after - busy_before) / procstat.TICKS / served * 1000
     return result
-
-
-def _pids_named(comm):
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if stat.read_text().split("(", 1)[1].split(")", 1)[0] == comm:
-                pids.append(int(stat.parent.name))
-        except (OSError, IndexError):
-            continue
-    return pids
-
-
-def _children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def _cpu_by_group(processes):
-    totals = {}
-    for name, pids in processes.items():
-        total = 0.0
-        for pid in pids():
-            try:
-                total += cpu_seconds(pid)
-            except OSError:  # a process that ended meanwhile
-                continue
-        totals[name] = total
-    return totals
-
-
-def _machine_busy():
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _token(env):
@@ -261,12 +226,14 @@ def run(env):
             if check.status_code != 200:
                 raise RuntimeError(f"gateway ({backend}) answered {check.status_code}: "
                                    f"{check.text}")
+            workers = set(procstat.children(gateway.pid))
             processes = None if backend != "pooled" else {
-                "gateway workers": lambda gateway=gateway: _children(gateway.pid),
-                "identity": lambda: [started["identity"].pid],
-                "auth and authz": lambda: [started["auth"].pid, started["authz"].pid],
-                "RabbitMQ": lambda: _pids_named("beam.smp"),
-                "PostgreSQL": lambda: _pids_named("postgres"),
+                "gateway workers": lambda pid, name, workers=workers: pid in workers,
+                "identity": lambda pid, name: pid == started["identity"].pid,
+                "auth and authz": lambda pid, name: pid in (started["auth"].pid,
+                                                            started["authz"].pid),
+                "RabbitMQ": lambda pid, name: name == "beam.smp",
+                "PostgreSQL": lambda pid, name: name == "postgres",
             }
             results[backend] = _measure(f"{url}/api/v1/users/me", token, processes)
         finally:

@@ -16,8 +16,8 @@ import uuid
 import amqp
 
 from shared.rpc_client import RpcClient, amqp_connection_params
-from tests.bench.bench_auth import cpu_seconds
 from tests.bench.env import ROOT
+from tests.bench.procstat import cpu_seconds
 from tests.support.probe.service import ProbeService
 
 CALLS = 2000
