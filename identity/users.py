@@ -46,7 +46,7 @@ def get(uow, user_id, lock=False, include_deleted=False):
         query = query.with_for_update()
     user = uow.session.scalars(query).first()
     if user is None or (user.status == "deleted" and not include_deleted):
-        raise NotFound(f"user {user_id} not found", {"user_id": user_id})
+        raise _not_found(user_id)
     return user
 
 
@@ -58,8 +58,12 @@ def read(uow, user_id):
     check_id(user_id)
     rows = uow.read(_by_id, {"user_id": user_id})
     if not rows or rows[0].status == "deleted":
-        raise NotFound(f"user {user_id} not found", {"user_id": user_id})
+        raise _not_found(user_id)
     return rows[0]
+
+
+def _not_found(user_id):
+    return NotFound(f"user {user_id} not found", {"user_id": user_id})
 
 
 def by_email(uow, email):
