@@ -1,4 +1,4 @@
-"""The base every service class derives from: request context and health endpoints."""
+"""The base every service class derives from: request context, health and metrics endpoints."""
 
 import json
 
@@ -7,6 +7,7 @@ from werkzeug.wrappers import Response
 
 from shared.context import RequestContext
 from shared.health import Health
+from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 from shared.registry import Registration, deregister_first
 
 __all__ = ["ServiceBase", "json_response"]
@@ -18,8 +19,9 @@ def json_response(body, status=200):
 
 
 class ServiceBase:
-    """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health`` and
-    its registration with Consul (``self.registration``; see shared.registry).
+    """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health``,
+    Prometheus ``/metrics`` (``self.metrics``; see shared.metrics) and its registration with
+    Consul (``self.registration``; see shared.registry).
 
     Import this module, not the class (``from shared import service as kernel``): nameko run
     takes every top-level class with entrypoints in a service module for a service.
@@ -30,6 +32,7 @@ class ServiceBase:
     context = RequestContext()
     health = Health()
     registration = Registration()
+    metrics = Metrics()
 
     @http("GET", "/health/live")
     def health_live(self, request):
@@ -45,3 +48,8 @@ class ServiceBase:
     def health_detail(self, request):
         status, body = self.health.detail()
         return json_response(body, 503 if status == "unhealthy" else 200)
+
+    @http("GET", "/metrics")
+    def metrics_text(self, request):
+        return Response(self.metrics.render(), content_type=CONTENT_TYPE_LATEST,
+                        headers={"Cache-Control": "no-store"})

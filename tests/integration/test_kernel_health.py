@@ -30,7 +30,7 @@ def test_health_reports_every_dependency_with_timings(start_service):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     detail = requests.get(_url(container, "/health"), timeout=5).json()
     assert detail["status"] == "healthy" and detail["service"] == "identity"
-    assert set(detail["checks"]) == {"broker", "database", "migrations"}
+    assert set(detail["checks"]) == {"broker", "database", "migrations", "outbox"}
     assert all(c["response_ms"] >= 0 for c in detail["checks"].values())
     assert detail["version"] and detail["uptime_s"] >= 0 and detail["state"] == "running"
 
