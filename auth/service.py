@@ -2,7 +2,6 @@ import functools
 import logging
 from datetime import timedelta
 
-from nameko.events import event_handler
 from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
@@ -12,6 +11,7 @@ from auth.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import Conflict
+from shared.events import event_handler
 from shared.rpc import load, rpc
 
 log = logging.getLogger(__name__)

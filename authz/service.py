@@ -2,7 +2,6 @@ import logging
 
 import eventlet
 from nameko.dependency_providers import Config
-from nameko.events import event_handler
 from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy
 
@@ -13,6 +12,7 @@ from shared import service as kernel  # not imported by name: nameko would take 
 from shared.config import setting
 from shared.db import Database
 from shared.errors import Unavailable
+from shared.events import event_handler
 from shared.ids import is_uuid
 from shared.rpc import load, rpc
 

@@ -1,9 +1,8 @@
 from pathlib import Path
 
-from nameko.events import event_handler
-
 from shared import service as kernel
 from shared.db import Database
+from shared.events import event_handler
 from shared.rpc import rpc
 from tests.support.probe.models import Base, Tally
 
