@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import config as cfg
 from shared import outbox
+from shared.metrics import MetricsRegistry
 
 __all__ = ["Database", "UnitOfWork", "make_engine", "is_sqlite", "DB_URI_KEY", "UTCDateTime",
            "service_metadata"]
@@ -183,8 +184,11 @@ class Database(DependencyProvider):
     """A unit of work per worker on the service's own schema, migrated at start.
 
     Config: ``DB_URI`` (else ``<SERVICE>_DB_URI``, else SQLite under var/),
-    ``MIGRATE_ON_START`` (default true), ``DB_POOL_SIZE``, ``OUTBOX_POLL_INTERVAL``.
+    ``MIGRATE_ON_START`` (default true), ``DB_POOL_SIZE``, ``OUTBOX_POLL_INTERVAL`` and the
+    relay's ``OUTBOX_*`` settings (shared.outbox.RelayPolicy).
     """
+
+    metrics = MetricsRegistry()
 
     def __init__(self, metadata, migrations=None):
         self.metadata = metadata
@@ -208,7 +212,13 @@ class Database(DependencyProvider):
         self.relay = outbox.Relay(
             self.engine, service, config[cfg.AMQP_URI_KEY],
             interval=cfg.setting(config, "OUTBOX_POLL_INTERVAL", 0.5, float),
+            policy=outbox.RelayPolicy.from_config(config),
         )
+        relay = self.relay
+        self.metrics.gauge("plinth_outbox_pending", "Outbox rows not published yet (parked "
+                           "ones included)", lambda: relay.pending)
+        self.metrics.gauge("plinth_outbox_parked", "Outbox rows set aside after repeated "
+                           "failures (retried rarely)", lambda: relay.parked)
 
     def start(self):
         self.container.spawn_managed_thread(self.relay.run, identifier="outbox-relay")

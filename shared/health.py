@@ -86,12 +86,15 @@ class HealthReport:
     def ready(self):
         checks = self.checks()
         ready = self.provider.state == "running" and all(c.ok for c in checks)
+        # the outbox backlog never fails readiness (parked rows are not this instance's
+        # fault), but Consul keeps this body as the check's output, which /status shows
         return ready, {"status": "ready" if ready else "not ready", "state": self.provider.state,
-                       "checks": {c.name: c.to_dict() for c in checks}}
+                       "checks": {c.name: c.to_dict() for c in checks},
+                       **self.provider.outbox_info()}
 
     def detail(self):
         checks = self.checks()
-        advisories = self.provider.run_soft_checks()
+        advisories = self.provider.run_soft_checks() + self.provider.outbox_checks()
         failed = [c for c in checks if not c.ok]
         if not failed and self.provider.state == "running":
             status = "healthy" if all(a.ok for a in advisories) else "degraded"
@@ -109,6 +112,7 @@ class HealthReport:
             "uptime_s": round(time.monotonic() - provider.started, 1),
             "pid": os.getpid(),
             "checks": {c.name: c.to_dict() for c in checks + advisories},
+            **provider.outbox_info(),
             **provider.extra_info(),
         }
 
@@ -149,6 +153,19 @@ class Health(DependencyProvider):
 
     def run_soft_checks(self):
         return [soft() for soft in self.soft_checks]
+
+    def outbox_info(self):
+        backlogs = [db.relay.backlog() for db in self.databases if db.relay is not None]
+        return {"outbox": backlogs[0]} if backlogs else {}
+
+    def outbox_checks(self):
+        """Advisory: parked outbox rows make the service "degraded" (an operator must look)."""
+        checks = []
+        for backlog in self.outbox_info().values():
+            parked = backlog["parked"] or 0
+            checks.append(Check("outbox", parked == 0, 0.0,
+                                f"{backlog['pending']} pending, {backlog['parked']} parked"))
+        return checks
 
     def extra_info(self):
         info = {}

@@ -1,28 +1,43 @@
 """Event envelopes and the transactional outbox: events commit with the change they announce.
 
 A service writes its event rows in the same transaction as its change (``add``); the ``Relay``
-publishes pending rows to the service's nameko events exchange with publisher confirms and only
-then marks them sent. Delivery is therefore at-least-once, and consumers deduplicate on
-``event_id`` through the ``processed_events`` table (``record_processed``).
+publishes pending rows to the service's nameko events exchange and marks them sent only once
+the broker has confirmed them *and* routed them to a queue. Delivery is therefore at-least-once,
+and consumers deduplicate on ``event_id`` through the ``processed_events`` table
+(``record_processed``).
+
+A row the relay could not publish waits (``next_attempt_at``, exponential backoff) without
+holding back the rows behind it: unroutable (no queue bound yet: its consumers have not started
+for the first time), or refused by the broker (too large, a header it cannot encode). After
+``OUTBOX_MAX_ATTEMPTS`` failures the row is *parked*: counted apart on ``/health`` and
+``/metrics`` and tried only every ``OUTBOX_PARKED_RETRY`` seconds, so that it is never dropped
+and costs nothing meanwhile. Broker outages and timeouts are not the row's fault and count no
+attempt. Every wait on the broker ends after ``OUTBOX_CONFIRM_TIMEOUT`` seconds, so a broker
+that stops answering cannot hold the rows' locks.
 """
 
+import json
 import logging
 import random
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from kombu import Connection, Producer
 from nameko.standalone.events import get_event_exchange
 
+from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
+from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
-__all__ = ["define_tables", "envelope", "add", "record_processed", "Relay", "ENVELOPE_VERSION"]
+__all__ = ["define_tables", "envelope", "add", "record_processed", "Relay", "RelayPolicy",
+           "ENVELOPE_VERSION"]
 
 log = logging.getLogger(__name__)
 ENVELOPE_VERSION = 1
+COUNT_EVERY = 2.0  # seconds between two counts of the backlog
 _TABLES = {}
 
 
@@ -38,6 +53,10 @@ def define_tables(metadata):
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True, index=True),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        # when a row that failed may be tried again; set aside after too many failures
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(300), nullable=True),
     )
     processed = sa.Table(
         "processed_events", metadata,
@@ -98,89 +117,147 @@ def headers_for(env):
     return {k: v for k, v in headers.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class RelayPolicy:
+    """How the relay treats rows it could not publish (see the module docstring).
+
+    Config: ``OUTBOX_MAX_ATTEMPTS``, ``OUTBOX_RETRY_DELAY`` (first wait, seconds),
+    ``OUTBOX_RETRY_MAX_DELAY``, ``OUTBOX_PARKED_RETRY``, ``OUTBOX_CONFIRM_TIMEOUT``,
+    ``OUTBOX_MAX_EVENT_BYTES`` (larger events are refused before they reach the broker).
+    """
+
+    max_attempts: int = 10
+    base: float = 1.0
+    cap: float = 60.0
+    parked_retry: float = 600.0
+    confirm_timeout: float = 5.0
+    max_event_bytes: int = 1024 * 1024
+
+    def wait(self, attempts):
+        """Seconds before the next try of a row that has failed ``attempts`` times."""
+        if attempts >= self.max_attempts:
+            return self.parked_retry
+        return min(self.cap, self.base * 2 ** (attempts - 1)) * random.uniform(0.75, 1.25)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{name: setting(config, f"OUTBOX_{name.upper()}", default, type(default))
+                      for name, default in (
+                          ("max_attempts", cls.max_attempts), ("base", cls.base),
+                          ("cap", cls.cap), ("parked_retry", cls.parked_retry),
+                          ("confirm_timeout", cls.confirm_timeout),
+                          ("max_event_bytes", cls.max_event_bytes))})
+
+
+class Refused(Exception):
+    """The relay will not publish this row (the broker would refuse it)."""
+
+
 class Relay:
-    """Publishes a service's pending outbox rows, oldest first, then marks them sent."""
+    """Publishes a service's due outbox rows, oldest first, and marks them sent."""
 
     def __init__(self, engine, service, amqp_uri, interval=0.5, batch=200,
-                 retention=timedelta(days=1), config=None):
+                 retention=timedelta(days=1), config=None, policy=None):
         self.engine = engine
         self.service = service
-        self.amqp_uri = amqp_uri
         self.interval = interval
         self.batch = batch
         self.retention = retention
+        self.policy = policy or RelayPolicy()
         self.exchange = get_event_exchange(service, config or {})
         self.outbox = _tables(service)[0]
+        self.publisher = ConfirmedPublisher(amqp_uri, timeout=self.policy.confirm_timeout)
         self._wake = threading.Event()
         self._running = False
-        self._connection = None
-        self._producer = None
         self._last_prune = 0.0
+        self._last_count = 0.0
         self.published = 0
-
-    # -- broker ------------------------------------------------------------------------------
-    def _producer_for(self):
-        if self._producer is None:
-            self._connection = Connection(
-                self.amqp_uri, connect_timeout=3,
-                transport_options={"confirm_publish": True, "max_retries": 1},
-            )
-            self._connection.ensure_connection(max_retries=1)
-            channel = self._connection.channel()
-            self.exchange(channel).declare()
-            self._producer = Producer(channel, exchange=self.exchange)
-        return self._producer
-
-    def _drop_connection(self):
-        try:
-            if self._connection is not None:
-                self._connection.release()
-        except Exception:  # noqa: BLE001 - already broken; we only want it gone
-            pass
-        self._connection = self._producer = None
+        self.failed = 0
+        self.pending = None  # rows not sent yet, parked ones included (None: not counted yet)
+        self.parked = None
 
     # -- work ---------------------------------------------------------------------------------
     def flush(self):
-        """Publish one batch. Returns how many rows it sent; raises on broker or DB errors."""
-        table = self.outbox
+        """Publish one batch of due rows. Returns how many rows it tried; raises, after
+        recording what it did, when the broker is in trouble."""
+        table, now = self.outbox, utcnow()
         with self.engine.begin() as conn:
-            query = (sa.select(table.c.id, table.c.event_type, table.c.payload)
-                     .where(table.c.sent_at.is_(None))
+            query = (sa.select(table.c.id, table.c.event_type, table.c.payload,
+                               table.c.attempts)
+                     .where(table.c.sent_at.is_(None),
+                            sa.or_(table.c.next_attempt_at.is_(None),
+                                   table.c.next_attempt_at <= now))
                      .order_by(table.c.id).limit(self.batch))
             if conn.dialect.name == "postgresql":
                 # several instances may relay the same outbox: each takes rows the others
                 # have not locked, so a row is normally published once
                 query = query.with_for_update(skip_locked=True)
             rows = conn.execute(query).all()
-            if not rows:
-                return 0
-            sent, error = [], None
-            try:
-                producer = self._producer_for()
-                for row in rows:
-                    producer.publish(
-                        row.payload, routing_key=row.event_type, serializer="json",
-                        headers=headers_for(row.payload), delivery_mode=2, retry=False,
-                        message_id=row.payload.get("event_id"),
-                    )
-                    sent.append(row.id)
-            except Exception as exc:  # noqa: BLE001 - recorded below, raised after commit
-                error = exc
+            sent, failed, trouble = [], [], None
+            for row in rows:
+                try:
+                    if self._publish(row):
+                        sent.append(row.id)
+                    else:
+                        failed.append((row, f"unroutable: no queue is bound to {row.event_type}"))
+                except Exception as exc:  # noqa: BLE001 - sorted below: the row's or the broker's
+                    if is_broker_trouble(exc):
+                        trouble = exc  # the rows left are not at fault; all wait for the broker
+                        break
+                    failed.append((row, f"{type(exc).__name__}: {str(exc)[:200]}"))
             if sent:
-                conn.execute(table.update().where(table.c.id.in_(sent)).values(sent_at=utcnow()))
-            if error is not None:
-                conn.execute(table.update().where(table.c.id.in_([r.id for r in rows[len(sent):]]))
-                             .values(attempts=table.c.attempts + 1))
+                conn.execute(table.update().where(table.c.id.in_(sent)).values(sent_at=now))
+            for row, error in failed:
+                self._set_back(conn, row, error, now)
         # committed: what was confirmed stays marked sent even when the rest failed
         self.published += len(sent)
-        if error is not None:
-            raise error
-        return len(sent)
+        self.failed += len(failed)
+        if trouble is not None:
+            raise trouble
+        return len(rows)
+
+    def _publish(self, row):
+        body = json.dumps(row.payload)
+        if len(body) > self.policy.max_event_bytes:
+            raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
+                          f"({self.policy.max_event_bytes})")
+        return self.publisher.publish(
+            body, exchange=self.exchange, routing_key=row.event_type,
+            content_type="application/json", content_encoding="utf-8",
+            headers=headers_for(row.payload), declare=[self.exchange],
+            message_id=row.payload.get("event_id"))
+
+    def _set_back(self, conn, row, error, now):
+        attempts = row.attempts + 1
+        parked = attempts >= self.policy.max_attempts
+        log.log(logging.ERROR if parked else logging.WARNING,
+                "outbox row %s (%s) of %s failed (attempt %d: %s)%s", row.id, row.event_type,
+                self.service, attempts, error, "; parked" if parked else "")
+        table = self.outbox
+        values = {"attempts": attempts, "last_error": error[:300],
+                  "next_attempt_at": now + timedelta(seconds=self.policy.wait(attempts))}
+        if parked:
+            values["parked_at"] = sa.func.coalesce(table.c.parked_at, now)
+        conn.execute(table.update().where(table.c.id == row.id).values(**values))
+
+    def count(self):
+        """Refresh ``pending`` and ``parked`` (rows not sent yet, and those set aside)."""
+        table = self.outbox
+        with self.engine.connect() as conn:
+            pending, parked = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(table.c.parked_at))
+                .where(table.c.sent_at.is_(None))).one()
+        self.pending, self.parked = pending, parked
+        self._last_count = time.monotonic()
 
     def prune(self):
         cutoff = utcnow() - self.retention
         with self.engine.begin() as conn:
             conn.execute(self.outbox.delete().where(self.outbox.c.sent_at < cutoff))
+
+    def backlog(self):
+        """The counts for health and metrics (None until first counted)."""
+        return {"pending": self.pending, "parked": self.parked}
 
     def wake(self):
         self._wake.set()
@@ -197,11 +274,9 @@ class Relay:
                 while self._running and self.flush() == self.batch:
                     pass
                 failures = 0
-                if time.monotonic() - self._last_prune > 3600:
-                    self._last_prune = time.monotonic()
-                    self.prune()
+                self._housekeeping()
             except Exception as exc:  # noqa: BLE001 - keep relaying whatever went wrong
-                self._drop_connection()
+                self.publisher.close()
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * (0.5 + random.random())
                 log.warning("outbox relay for %s failed (%s: %s); retrying in %.1fs",
@@ -211,4 +286,11 @@ class Relay:
                 continue
             self._wake.wait(self.interval)
             self._wake.clear()
-        self._drop_connection()
+        self.publisher.close()
+
+    def _housekeeping(self):
+        if time.monotonic() - self._last_count > COUNT_EVERY:
+            self.count()
+        if time.monotonic() - self._last_prune > 3600:
+            self._last_prune = time.monotonic()
+            self.prune()

@@ -8,6 +8,7 @@ whatever the test process's event loop is doing. Usable from any test tier:
         proxy.cut()       # drop every connection and refuse new ones
         proxy.restore()   # accept again
         proxy.delay(0.2)  # add latency to every chunk forwarded
+        proxy.stall()     # keep connections open but forward nothing (a hung peer)
 """
 
 import eventlet.patcher
@@ -32,6 +33,7 @@ class FaultProxy:
         self._pairs = []
         self._up = True
         self._latency = 0.0
+        self._stalled = False
         self._running = True
         self.accepted = 0
         self._thread = _threading.Thread(target=self._accept_loop, daemon=True)
@@ -48,7 +50,14 @@ class FaultProxy:
         self.reset()
 
     def restore(self):
+        """Accept again, and forward again on connections a stall held."""
         self._up = True
+        self._stalled = False
+
+    def stall(self):
+        """Keep every connection open and accept new ones, but forward nothing until restore()
+        -- a peer that stopped answering without closing anything."""
+        self._stalled = True
 
     def reset(self):
         """Reset every open connection; new ones are still accepted."""
@@ -103,6 +112,9 @@ class FaultProxy:
         peers = {client: upstream, upstream: client}
         try:
             while self._running:
+                if self._stalled:
+                    _time.sleep(0.05)
+                    continue
                 readable, _, _ = _select.select(list(peers), [], [], 0.2)
                 for sock in readable:
                     data = sock.recv(65536)

@@ -1,0 +1,35 @@
+"""outbox rows that failed wait before their next try, and are parked after too many
+
+Revision ID: c81f5a3e9d02
+Revises: 3f6b2c91d0a4
+Create Date: 2026-12-04 09:00:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+SCHEMA = "auth"
+revision = "c81f5a3e9d02"
+down_revision = "3f6b2c91d0a4"
+branch_labels = None
+depends_on = None
+
+
+def _schema():
+    # SQLite has no schemas, and Alembic's ALTER TABLE ignores the engine's schema translation
+    return None if op.get_bind().dialect.name == "sqlite" else SCHEMA
+
+
+def upgrade():
+    schema = _schema()
+    op.add_column("outbox", sa.Column("next_attempt_at", sa.DateTime(timezone=True),
+                                      nullable=True), schema=schema)
+    op.add_column("outbox", sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
+                  schema=schema)
+    op.add_column("outbox", sa.Column("last_error", sa.String(length=300), nullable=True),
+                  schema=schema)
+
+
+def downgrade():
+    with op.batch_alter_table("outbox", schema=_schema()) as batch:
+        for column in ("last_error", "parked_at", "next_attempt_at"):
+            batch.drop_column(column)

@@ -1,0 +1,35 @@
+"""outbox rows that failed wait before their next try, and are parked after too many
+
+Revision ID: d93a6b4f1e13
+Revises: 7507b14aa548
+Create Date: 2026-12-04 09:00:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+SCHEMA = "authz"
+revision = "d93a6b4f1e13"
+down_revision = "7507b14aa548"
+branch_labels = None
+depends_on = None
+
+
+def _schema():
+    # SQLite has no schemas, and Alembic's ALTER TABLE ignores the engine's schema translation
+    return None if op.get_bind().dialect.name == "sqlite" else SCHEMA
+
+
+def upgrade():
+    schema = _schema()
+    op.add_column("outbox", sa.Column("next_attempt_at", sa.DateTime(timezone=True),
+                                      nullable=True), schema=schema)
+    op.add_column("outbox", sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
+                  schema=schema)
+    op.add_column("outbox", sa.Column("last_error", sa.String(length=300), nullable=True),
+                  schema=schema)
+
+
+def downgrade():
+    with op.batch_alter_table("outbox", schema=_schema()) as batch:
+        for column in ("last_error", "parked_at", "next_attempt_at"):
+            batch.drop_column(column)
