@@ -1,6 +1,7 @@
 """Login and refresh: the flows that tie identity, throttling, sessions and tokens together."""
 
 import logging
+from datetime import UTC, datetime
 
 from auth import sessions, throttle
 from shared.context import Actor
@@ -55,22 +56,37 @@ def pair(tokens, user_id, session_id, refresh_token):
 
 
 def user_checker(get_user):
-    """check_user for sessions.rotate: is the user still active in identity?
+    """check_user for sessions.rotate: may this session's user still hold it, says identity?
 
-    Identity's events revoke sessions anyway; this closes the moment before they arrive. When
-    identity cannot answer the refresh goes ahead (it cannot have disabled anyone meanwhile).
+    No when the user is not active, or changed their password after the session began.
+    Identity's events revoke such sessions anyway; this closes the moment before they arrive,
+    and stands in for an event that never did. When identity cannot answer the refresh goes
+    ahead (it cannot have disabled anyone or changed a password meanwhile).
     """
 
-    def active(user_id):
+    def allowed(session):
         try:
-            return get_user(user_id=user_id).get("status") == "active"
+            user = get_user(user_id=session.user_id)
         except NotFound:
             return False
         except Unavailable:
             log.warning("identity unavailable; refresh allowed without the user check")
             return True
+        return user.get("status") == "active" and \
+            not changed_since(user.get("password_changed_at"), session.created_at)
 
-    return active
+    return allowed
+
+
+def changed_since(password_changed_at, moment):
+    """True when identity's ``password_changed_at`` (ISO 8601 text or None) is after
+    ``moment``. Both clocks are the platform's hosts' (kept in sync, as token expiry needs)."""
+    if not password_changed_at:
+        return False
+    changed = datetime.fromisoformat(password_changed_at)
+    if changed.tzinfo is None:
+        changed = changed.replace(tzinfo=UTC)
+    return changed > moment
 
 
 def refresh(uow, tokens, guard, get_user, refresh_token):

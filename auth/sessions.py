@@ -63,7 +63,7 @@ def _find(uow, token):
 def rotate(uow, token, reuse_grace=0.0, check_user=None, now=None):
     """Spend ``token`` and return (session, next refresh token); commits.
 
-    ``check_user(user_id)`` returns False when the user may no longer hold sessions (then
+    ``check_user(session)`` returns False when the session's user may no longer hold it (then
     the session is revoked). A token spent less than ``reuse_grace`` seconds ago is refused
     without revoking its session (a client retrying a lost reply); any other reuse revokes it.
     """
@@ -76,7 +76,7 @@ def rotate(uow, token, reuse_grace=0.0, check_user=None, now=None):
         raise invalid_refresh("revoked")
     if session.expires_at <= now:
         raise invalid_refresh("expired")
-    if spent.used_at is None and check_user is not None and not check_user(session.user_id):
+    if spent.used_at is None and check_user is not None and not check_user(session):
         revoke(uow, session.id, "user_inactive", now=now)
         uow.commit()
         raise invalid_refresh("revoked")

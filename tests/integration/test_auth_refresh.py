@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 import eventlet
 import pytest
 import sqlalchemy as sa
+from kombu import Connection
 
 from shared.db import make_engine
 from shared.errors import Unauthorized
+from tests.helpers import OTHER_PASSWORD, STRONG_PASSWORD
 from tests.support.auth_helpers import login, start_platform, user_and_login
 from tests.support.events import EventTap
 
@@ -155,3 +157,23 @@ def test_refresh_token_is_stored_only_as_its_hash(start_service, rpc, auth_db):
     assert len(rows) == 1
     assert pair["refresh_token"] not in str(rows)
     assert rows[0].token_hash == hashlib.sha256(pair["refresh_token"].encode()).hexdigest()
+
+
+def test_refresh_after_a_password_change_whose_event_was_lost_is_refused(start_service, rpc,
+                                                                         amqp_uri):
+    start_platform(start_service)
+    user, pair = user_and_login(rpc)
+    # the event is lost on its way: nothing routes user.password_changed to auth any more
+    with Connection(amqp_uri) as conn:
+        conn.default_channel.queue_unbind(
+            "evt-identity-user.password_changed--auth.on_password_changed",
+            exchange="identity.events", routing_key="user.password_changed")
+    rpc.call("identity", "change_password", [user["id"]],
+             {"old_password": STRONG_PASSWORD, "new_password": OTHER_PASSWORD})
+    eventlet.sleep(0.3)
+    assert rpc.call("auth", "sessions_of", kwargs={"user_id": user["id"]}), \
+        "the session was revoked after all: the event was not lost"
+    assert refused(rpc, pair["refresh_token"]) == "revoked"
+    # a session begun after the change refreshes as usual
+    fresh = login(rpc, user["email"], password=OTHER_PASSWORD)
+    assert refresh(rpc, fresh["refresh_token"])["access_token"]
