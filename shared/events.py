@@ -13,6 +13,7 @@ runs again from the start, and the broker may deliver any event twice.
 """
 
 import logging
+import time
 
 from nameko import events as nameko_events
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # EVENT_MAX_ATTEMPTS (5), EVENT_RETRY_DELAY (first wait, 1 s), EVENT_RETRY_MAX_DELAY (300 s)
 CONFIG_PREFIX = "EVENT"
+REQUEUE_PAUSE = 1.0  # seconds
 
 
 class EventHandler(nameko_events.EventHandler):
@@ -62,6 +64,10 @@ class EventHandler(nameko_events.EventHandler):
         except Exception as error:  # noqa: BLE001 - the broker did not take the copy
             log.error("could not set event %s aside for a retry (%s: %s); returning it to %s",
                       _event_id(message), type(error).__name__, error, self.queue.name)
+            # the broker refuses the copy but still serves this delivery (rare: a broker
+            # that is down takes the delivery back by itself): a pause keeps the requeue
+            # from turning into a hot loop
+            time.sleep(REQUEUE_PAUSE)
             self.queue_consumer.requeue_message(message)
             return
         self.queue_consumer.ack_message(message)

@@ -43,7 +43,7 @@ from nameko.extensions import SharedExtension
 
 from shared import config as cfg
 from shared.errors import PlinthError, TooManyRequests
-from shared.publishing import ConfirmedPublisher
+from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
 __all__ = ["Topology", "Backoff", "Redelivery", "Outcome", "describe", "is_client_error",
            "attempts_of", "DELAY_HEADER", "ATTEMPTS_HEADER", "QUEUE_HEADER", "ERROR_HEADER",
@@ -205,12 +205,25 @@ class Redelivery(SharedExtension):
         failures = attempts_of(message) + 1
         headers = self._headers(message, queue, exc, failures)
         if is_client_error(exc):
-            return self.dead_letter(message, headers, failures, "client_error")
+            return self._twice(self.dead_letter, message, headers, failures, "client_error")
         if failures >= backoff.max_attempts:
-            return self.dead_letter(message, headers, failures, "exhausted")
+            return self._twice(self.dead_letter, message, headers, failures, "exhausted")
         delay = backoff.delay(failures)
-        self.later(message, queue, delay, headers)
+        self._twice(self.later, message, queue, delay, headers)
         return Outcome("retried", failures, delay=delay)
+
+    @staticmethod
+    def _twice(action, *args):
+        # the publisher's connection may have died while idle (nothing fails for a long
+        # time): one more try, on a new connection, before the caller gives the message back
+        try:
+            return action(*args)
+        except Exception as exc:  # noqa: BLE001 - only broker trouble is worth the second try
+            if not is_broker_trouble(exc):
+                raise
+            log.info("publishing a failed message again on a new connection (%s)",
+                     type(exc).__name__)
+            return action(*args)
 
     def later(self, message, queue, seconds, headers=None):
         """Publish ``message`` into the delay bucket nearest ``seconds``; it returns to
