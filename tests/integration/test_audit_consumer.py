@@ -184,6 +184,31 @@ def test_a_database_outage_delays_entries_but_loses_none(fresh_pg_uri, start_ser
     trail.close()
 
 
+def test_a_lost_database_connection_delays_entries_but_loses_none(fresh_pg_uri, fault_proxy,
+                                                                 start_service, publisher,
+                                                                 amqp_uri):
+    # the other outage shape: connections reset and refused (OperationalError), not a refusal
+    proxy = fault_proxy(5432)
+    database = fresh_pg_uri.rsplit("/", 1)[1]
+    container = start_service(AuditService, AUDIT_BATCH_WAIT_MS=20,
+                              DB_URI=f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}")
+    consumer = consumer_of(container)
+    proxy.cut()
+    try:
+        events = [publisher.publish(envelope("thing.delayed")) for _ in range(40)]
+        assert wait_until(lambda: consumer.stats.failures >= 2)
+        # taken off the queue, unacknowledged, held for the next try
+        assert consumer.stats.written == 0 and _queue_depth(amqp_uri) == 0
+    finally:
+        proxy.restore()
+    trail = Trail(fresh_pg_uri)
+    assert wait_until(lambda: trail.count() == 40, timeout=15)
+    assert consumer.stats.placeholders == 0
+    assert {r["event_id"] for r in trail.rows("SELECT event_id FROM audit.entries")} == \
+        {e["event_id"] for e in events}
+    trail.close()
+
+
 def _queue_depth(amqp_uri, name="audit.events"):
     with Connection(amqp_uri) as conn:
         _, depth, _ = conn.default_channel.queue_declare(name, passive=True)
