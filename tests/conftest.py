@@ -131,13 +131,33 @@ def fault_proxy():
         proxy.close()
 
 
+def forget_pending_events(uri):
+    """Mark every outbox row left pending in ``uri`` as sent.
+
+    The session's database outlives each test's vhost: the outbox keeps an event nobody was
+    bound to pending until a queue appears (shared.outbox), so without this a later test's
+    consumers would receive earlier tests' events.
+    """
+    engine = sa.create_engine(uri.replace("postgresql://", "postgresql+psycopg2://", 1),
+                              poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        schemas = conn.execute(sa.text("SELECT table_schema FROM information_schema.tables "
+                                       "WHERE table_name = 'outbox'")).scalars().all()
+        for schema in schemas:
+            conn.execute(sa.text(f'UPDATE "{schema}".outbox SET sent_at = now() '
+                                 "WHERE sent_at IS NULL"))
+    engine.dispose()
+
+
 @pytest.fixture
-def start_service(amqp_uri, service_config, fault_proxy, container_factory):
+def start_service(amqp_uri, service_config, fault_proxy, container_factory, pg_uri):
     """Start a service container on the test's vhost and database.
 
     It is killed before the vhost and any fault proxy go (it depends on both, so it is torn
-    down first): nameko cannot kill a container whose broker has vanished.
+    down first): nameko cannot kill a container whose broker has vanished. Events earlier
+    tests left pending in the session's database are forgotten first.
     """
+    forget_pending_events(pg_uri)
 
     def start(service_cls, **overrides):
         container = container_factory(service_cls, service_config(**overrides))
