@@ -17,6 +17,7 @@ STATUS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-
               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
               "form-action 'none'")
 
+CORS_PATHS = ("/api/", "/.well-known/")
 EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
            "RateLimit-Policy", "Retry-After", "Location", "WWW-Authenticate"]
 
@@ -35,6 +36,16 @@ def setup_cors(app, settings):
         "supports_credentials": False,
         "vary_header": True,
     }
+
+    # flask-cors says Vary: Origin only when several origins are configured, yet with one
+    # the answer still depends on the Origin header (allowed or not): without Vary a shared
+    # cache could serve one origin's answer to another (the JWKS are cacheable)
+    @app.after_request
+    def vary_by_origin(response):
+        if request.path.startswith(CORS_PATHS):
+            response.vary.add("Origin")
+        return response
+
     return CORS(app, resources={r"/api/*": options, r"/.well-known/*": options})
 
 

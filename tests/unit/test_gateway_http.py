@@ -147,6 +147,42 @@ def test_bad_bodies_name_their_fields_and_call_nothing(gateway):
     assert [c for c in services.calls if c.service == "identity"] == []
 
 
+@pytest.mark.parametrize("depth", [33, 1000, 20000])
+def test_a_body_nested_too_deep_is_400_not_a_500(gateway, caplog, depth):
+    client, services = gateway
+    nested = '{"email": "a@b.test", "password": "long-enough-pass", "display_name": ' + \
+        "[" * depth + "]" * depth + "}"
+    body = assert_problem(client.post(f"{API}/users", data=nested,
+                                      content_type="application/json"), 400, "invalid")
+    assert body["errors"] == {"_body": ["nested more than 32 levels deep"]}
+    assert services.calls == [] and "Traceback" not in caplog.text
+
+
+def test_a_body_nested_32_deep_is_parsed_and_validated_as_usual(gateway):
+    client, _ = gateway
+    nested = '{"email": "a@b.test", "password": "long-enough-pass", "display_name": ' + \
+        "[" * 31 + "]" * 31 + "}"
+    body = assert_problem(client.post(f"{API}/users", data=nested,
+                                      content_type="application/json"), 400, "invalid")
+    assert set(body["errors"]) == {"display_name"}  # the schema's verdict: not a string
+
+
+def test_a_nul_character_in_any_input_is_400_naming_the_field_and_calls_nothing(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "roles:write", "users:read")
+    body = assert_problem(client.post(f"{API}/users", json={
+        "email": "ann@example.test", "password": "long-enough-pass",
+        "display_name": "Ann\u0000"}), 400, "invalid")
+    assert body["errors"] == {"display_name": ["must not contain the NUL character (\\u0000)"]}
+    body = assert_problem(client.post(f"{API}/roles", headers=bearer(token), json={
+        "name": "auditors", "description": "\x00"}), 400)
+    assert list(body["errors"]) == ["description"]
+    body = assert_problem(client.get(f"{API}/users?q=ann%00", headers=bearer(token)), 400)
+    assert list(body["errors"]) == ["q"]
+    assert [c for c in services.calls if c.service in ("identity", "authz")
+            and c.method != "effective_permissions"] == []
+
+
 def test_login_passes_the_client_address_and_agent(gateway):
     client, services = gateway
     pair = {"access_token": "a", "refresh_token": "r", "token_type": "Bearer",
@@ -375,6 +411,14 @@ def test_cors_answers_configured_origins_only(gateway):
         assert "Access-Control-Allow-Origin" not in other.headers
         assert "Access-Control-Allow-Origin" not in client.get(
             "/.well-known/jwks.json", headers={"Origin": origin}).headers
+
+
+def test_responses_that_cors_may_change_say_they_vary_by_origin(gateway):
+    client, _ = gateway  # one configured origin: flask-cors alone sends no Vary then
+    for headers in ({}, {"Origin": ORIGIN}, {"Origin": "https://evil.example.test"}):
+        response = client.get("/.well-known/jwks.json", headers=headers)
+        assert "Origin" in response.vary, (headers, response.headers)
+    assert "Origin" in client.get(f"{API}/users/me").vary
 
 
 def test_no_cors_at_all_without_configured_origins(keys):
