@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from deploy.scaffold.__main__ import ScaffoldError, generate, main
+from gateway.routes import routes_from_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,9 @@ def test_generation_writes_a_whole_service_on_a_free_port(tree):
     assert "\n  billing:\n" in (tree / "docker-compose.yml").read_text()
     assert "BILLING_APP_PASSWORD=change-me" in (tree / ".env.example").read_text()
     assert "class BillingService(kernel.ServiceBase)" in (tree / "billing/service.py").read_text()
+    routes = routes_from_file(tree / "config/routes.d/billing.yaml")  # every one explicit
+    assert [(r.method, r.permission) for r in routes] == \
+        [("POST", "billing:write"), ("GET", "billing:read")]
     _, second = generate("shipping", tree)
     assert second == 8106
 
