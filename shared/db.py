@@ -203,6 +203,7 @@ class Database(DependencyProvider):
         service = self.container.service_name
         config = self.container.config
         self.uri = cfg.db_uri(service, config)
+        cfg.require_strong_credentials(config, {f"{service.upper()}_{DB_URI_KEY}": self.uri})
         self.engine = make_engine(self.uri, service,
                                   pool_size=cfg.setting(config, "DB_POOL_SIZE", 10, int))
         if cfg.setting(config, "MIGRATE_ON_START", True, bool):

@@ -48,3 +48,12 @@ def test_a_failing_write_of_a_user_logs_no_password_hash(start_service, rpc, fre
 @pytest.mark.parametrize("uri", ["postgresql://nobody@127.0.0.1:1/none", "sqlite://"])
 def test_every_engine_hides_statement_parameters_from_its_errors(uri):
     assert make_engine(uri, "identity").hide_parameters
+
+
+def test_a_service_in_production_refuses_a_weak_database_password(production_amqp_uri,
+                                                                 start_service):
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="IDENTITY_DB_URI has a password that is a placeholder"):
+        start_service(IdentityService, PLINTH_ENV="production", AMQP_URI=production_amqp_uri,
+                      DB_URI="postgresql://identity_app:change-me@127.0.0.1:5432/plinth")
