@@ -9,8 +9,11 @@ caller's own data, with another user's id smuggled into the query and the body. 
 answer, it never carries the other user's data, and every response has the security headers.
 """
 
+import json
 import re
+import socket
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -305,6 +308,38 @@ def test_every_other_response_has_the_security_headers_and_no_version(platform, 
     if response.status_code >= 400:
         assert response.headers["Content-Type"] == "application/problem+json"
         assert "Traceback" not in response.text
+
+
+def raw_exchange(platform, data):
+    """Send ``data`` as it is and read the whole answer: (status, headers, body)."""
+    port = platform.processes["gateway"].port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = requests.structures.CaseInsensitiveDict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"NOT AN HTTP REQUEST LINE\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+     + b"\r\n", 431),
+], ids=["bad-request-line", "uri-too-long", "header-too-large", "too-many-headers"])
+def test_gunicorns_own_refusals_are_problems_with_the_security_headers(platform, data, status):
+    answered, headers, body = raw_exchange(platform, data)
+    assert answered == status
+    assert headers["Content-Type"] == "application/problem+json"
+    assert_security_headers(SimpleNamespace(headers=headers))
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["request_id"] == headers["X-Request-ID"]
+    assert problem["type"].startswith("urn:plinth:problem:")
+    assert b"<html" not in body
 
 
 @pytest.mark.parametrize("service", ["identity", "auth", "authz", "audit"])

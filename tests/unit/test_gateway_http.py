@@ -565,3 +565,23 @@ def test_memory_windows_reset_when_they_expire():
     time.sleep(0.02)
     windows.incr("k", 10)
     assert "other" not in windows._counts
+
+
+def test_a_raw_problem_page_is_a_whole_problem_json_response_with_the_headers():
+    from gateway.headers import raw_problem
+
+    raw = raw_problem(431, "Request Header Fields Too Large\r\nSet-Cookie: x=1",
+                      "Error parsing headers: 'X-Big'", hsts_seconds=600)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert status == "HTTP/1.1 431 Request Header Fields Too LargeSet-Cookie: x=1"
+    assert "Set-Cookie" not in headers
+    assert headers["Content-Type"] == "application/problem+json"
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["Strict-Transport-Security"] == "max-age=600; includeSubDomains"
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+    problem = json.loads(body)
+    assert problem["type"] == "urn:plinth:problem:headers_too_large"
+    assert problem["request_id"] == headers["X-Request-ID"]
+    assert problem["detail"] == "Error parsing headers: 'X-Big'"
