@@ -59,15 +59,16 @@ def test_every_value_of_the_k8s_secret_example_is_refused_in_production(name):
     ("my-example-secret-value-of-some-length", "placeholder"),
     ("Xk4-pQ9-zW2", "shorter than 16"),
     ("a" * 64, "too predictable"), ("ab" * 32, "too predictable"),
-    ("0101010101010101" * 4, "too predictable"),
+    ("0101010101010101" * 4, "too predictable"), ("0123" * 8, "too predictable"),
+    ("passwordpassword", "placeholder"),
 ])
 def test_weak_secrets_are_refused_with_their_reason(value, problem):
     assert problem in secret_problem(value)
 
 
 @pytest.mark.parametrize("value", [
-    STRONG, secrets.token_hex(16), secrets.token_hex(8), "Quartz-Meadow-Signal-8812",
-    "s3cr3t-value-long",
+    STRONG, secrets.token_hex(16), "9f86d081884c7d65", "6829664088239809",
+    "Quartz-Meadow-Signal-8812", "s3cr3t-value-long",
 ])
 def test_random_or_varied_secrets_are_accepted(value):
     assert secret_problem(value) is None
