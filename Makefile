@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
+# starts the local PostgreSQL, RabbitMQ (management plugin on) and Redis a tier needs when they
+# are installed but stopped, or stops at once naming what is missing (deploy/local/testenv.py)
+TESTENV := @$(BIN)/python -m deploy.local.testenv
 # every package with its own migrations: the core services and any made by `make service`
 SERVICES ?= $(sort $(patsubst %/migrations/env.py,%,$(wildcard */migrations/env.py)))
 export PYTHONPATH := $(CURDIR)
@@ -26,22 +29,27 @@ setup: $(STAMP)  ## create the virtualenv and install everything
 run: $(STAMP)  ## start the whole platform locally (Ctrl-C stops it)
 	$(BIN)/python -m deploy.local.run
 
-test: $(STAMP)  ## run the whole test suite
+test: $(STAMP)  ## run the whole test suite (starts the local services it needs)
+	$(TESTENV) postgresql rabbitmq redis chromium
 	$(PYTEST) tests
 
 test-unit: $(STAMP)  ## unit tests (no broker or database)
 	$(PYTEST) tests/unit
 
 test-integration: $(STAMP)  ## integration tests against RabbitMQ and PostgreSQL
+	$(TESTENV) postgresql rabbitmq
 	$(PYTEST) tests/integration
 
 test-e2e: $(STAMP)  ## end-to-end tests through real processes
+	$(TESTENV) postgresql rabbitmq redis chromium
 	$(PYTEST) tests/e2e
 
 test-fault: $(STAMP)  ## fault-injection tests
+	$(TESTENV) postgresql rabbitmq
 	$(PYTEST) tests/fault
 
 test-security: $(STAMP)  ## security tests
+	$(TESTENV) postgresql rabbitmq
 	$(PYTEST) tests/security
 
 lint: $(STAMP)  ## ruff

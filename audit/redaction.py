@@ -3,8 +3,9 @@
 A key is redacted when one of its words (``accessToken``, ``access-token`` and
 ``ACCESS_TOKEN`` are all the words ``access`` and ``token``) is a secret word such as password,
 token, secret or cookie, or when its last word is key or hash (``private_key``,
-``password_hash``; ``key_id`` is kept). Values that look like a bearer token, a JWT, a
-password hash or a private key are redacted under any key. Deployments add their own words
+``password_hash``; ``key_id`` is kept). Values holding, anywhere, something that looks like a
+bearer token, a JWT, auth's opaque refresh token, a password hash or a private key are
+redacted under any key. Deployments add their own words
 (``AUDIT_REDACT_KEYS``); the built-in ones always apply.
 
 The same walk makes the data safe to store: NUL characters and unpaired surrogates (which
@@ -16,7 +17,7 @@ import math
 import re
 
 __all__ = ["REDACTED", "TRUNCATED", "SECRET_WORDS", "SECRET_LAST_WORDS", "Redactor",
-           "clean_text", "key_words"]
+           "clean_text", "key_words", "looks_secret"]
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "[TRUNCATED]"
@@ -31,10 +32,28 @@ SECRET_LAST_WORDS = frozenset({"key", "keys", "hash", "hashes", "pem"})
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
+# anywhere in a string ("token=eyJ...", "Authorization: Bearer ..."), not only at its start
 _SECRET_VALUE = re.compile(
-    r"^(?:eyJ[\w-]*\.[\w-]+\.|(?i:bearer)\s+[\w.~+/-]{16,}=*$|\$argon2|\$2[aby]\$|\$scrypt\$|"
-    r"pbkdf2_sha\d+\$)|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    r"(?<![\w-])eyJ[\w-]*\.[\w-]+\."  # a JWT: its header is base64url of '{"'
+    r"|\b(?i:bearer)\s+[\w.~+/-]{16,}"  # the credentials of an Authorization header
+    r"|\$argon2|\$2[aby]\$\d\d\$|\$scrypt\$|\bpbkdf2_sha\d+\$"  # password hashes
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
+# auth's opaque refresh token: 256 random bits as 43 URL-safe base64 characters. A run of
+# exactly 43 of them with both cases in it is taken for one (a random token lacks a case with
+# a probability of about 1e-9; the names and ids the platform writes are lower case or UUIDs)
+_OPAQUE_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+OPAQUE_TOKEN_LENGTH = 43
+_UPPER, _LOWER = re.compile(r"[A-Z]"), re.compile(r"[a-z]")
+
+
+def looks_secret(text):
+    """Whether ``text`` holds something shaped like a token, a password hash or a key."""
+    if _SECRET_VALUE.search(text):
+        return True
+    if len(text) < OPAQUE_TOKEN_LENGTH:
+        return False
+    return any(_UPPER.search(run) and _LOWER.search(run) for run in _OPAQUE_TOKEN.findall(text))
 
 
 def key_words(key):
@@ -79,7 +98,7 @@ class Redactor:
         """A redacted, storable copy of a JSON-like ``value``."""
         kind = type(value)  # exact types first: this runs for every value of every event
         if kind is str:
-            if _SECRET_VALUE.search(value):
+            if looks_secret(value):
                 return REDACTED
             return value if value.isascii() and "\x00" not in value else clean_text(value)
         if value is None or kind is int or kind is bool:

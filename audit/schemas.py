@@ -1,8 +1,9 @@
 from datetime import UTC
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from shared.context import ACTOR_TYPES
+from shared.schemas import Schema
 
 OUTCOMES = ("success", "failure", "unknown")
 MAX_LIMIT = 200

@@ -1,8 +1,9 @@
 import ipaddress
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate
 
 from shared.ids import is_uuid
+from shared.schemas import Schema
 
 
 def _ip(value):

@@ -108,6 +108,36 @@ def _hide_server_version():
 _hide_server_version()
 
 
+def _problem_error_pages():
+    """gunicorn answers a request it cannot parse (400 bad request line, 414, 431 headers too
+    large...) itself, with a small HTML page and none of the gateway's headers: answer those
+    as problem+json with the same security headers (gateway.headers.raw_problem).
+
+    gunicorn's workers call ``gunicorn.util.write_error(sock, status_int, reason, mesg)``
+    through the module; the check below fails at start if a gunicorn release changes that.
+    """
+    import inspect
+
+    from gunicorn import util
+
+    from gateway import settings as gateway_settings
+    from gateway.headers import raw_problem
+
+    expected = ["sock", "status_int", "reason", "mesg"]
+    if list(inspect.signature(util.write_error).parameters) != expected:
+        raise RuntimeError("gunicorn.util.write_error is no longer write_error(sock, "
+                           "status_int, reason, mesg): update deploy/gunicorn.conf.py")
+    hsts = gateway_settings.load().get_as("HSTS_SECONDS", int) or 0
+
+    def write_error(sock, status_int, reason, mesg):
+        util.write_nonblock(sock, raw_problem(status_int, reason, mesg, hsts))
+
+    util.write_error = write_error
+
+
+_problem_error_pages()
+
+
 def on_starting(server):
     """Empty the metrics directory: files of a previous run would be counted again."""
     if PROMETHEUS_DIR.exists():

@@ -28,6 +28,7 @@ from gateway.routes import RATE_CLASSES, load_routes
 from gateway.rpc import RpcPool
 from gateway.security import Jwks, TokenValidator, bearer_token, rejected
 from shared import context
+from shared.config import require_strong_credentials
 from shared.errors import PlinthError
 
 __all__ = ["create_app", "Gateway", "warm_up"]
@@ -143,6 +144,9 @@ def _jwks_view(state):
 def create_app(config=None):
     """A gateway app. ``config`` overrides config/gateway.yaml (see gateway/settings.py)."""
     settings = settings_module.load(config)
+    require_strong_credentials(settings, {
+        "AMQP_URI": settings.get("AMQP_URI"),
+        "RATELIMIT_STORAGE_URI": settings.get("RATELIMIT_STORAGE_URI")})
     routes = load_routes(settings.get("ROUTES_DIR"))
     app = Flask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.get_as("MAX_CONTENT_LENGTH", int)

@@ -18,9 +18,12 @@ from marshmallow import ValidationError, fields
 from gateway.errors import UnsupportedMediaType
 from shared.errors import Forbidden, Invalid, PlinthError, Unauthorized
 
-__all__ = ["make_view", "rpc_context", "require_principal"]
+__all__ = ["make_view", "rpc_context", "require_principal", "json_depth", "MAX_JSON_DEPTH"]
 
 log = logging.getLogger("gateway.dispatch")
+# a request body nested deeper is refused (400): no API takes more, and a body nested about a
+# thousand deep would exhaust the parser's stack
+MAX_JSON_DEPTH = 32
 
 
 def rpc_context():
@@ -76,6 +79,21 @@ def _query_values(schema):
     return values
 
 
+def json_depth(value):
+    """How many arrays and objects deep a parsed JSON ``value`` is (walked without recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in item
+                       if isinstance(child, dict | list))
+    return deepest
+
+
 def _json_body():
     raw = request.get_data(cache=True)
     if not raw.strip():
@@ -85,8 +103,14 @@ def _json_body():
                                    {"content_type": request.content_type or ""})
     try:
         body = json.loads(raw)
+        too_deep = json_depth(body) > MAX_JSON_DEPTH
+    except RecursionError:  # deeper than the parser's stack allows: far deeper than we do
+        too_deep = True
     except (ValueError, UnicodeDecodeError):
         raise Invalid("the body is not valid JSON", {"_body": ["not valid JSON"]}) from None
+    if too_deep:
+        raise Invalid(f"the body is nested more than {MAX_JSON_DEPTH} levels deep",
+                      {"_body": [f"nested more than {MAX_JSON_DEPTH} levels deep"]})
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object", {"_body": ["must be a JSON object"]})
     return body

@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from shared.errors import PlinthError, TooManyRequests, Unauthorized, Unavailable
 
-__all__ = ["PROBLEM_MIME", "problem", "problem_for", "UnsupportedMediaType", "register"]
+__all__ = ["PROBLEM_MIME", "problem", "problem_document", "problem_for",
+           "UnsupportedMediaType", "register"]
 
 log = logging.getLogger("gateway.errors")
 
@@ -36,20 +37,27 @@ class UnsupportedMediaType(PlinthError):
     kind, status, title = "unsupported_media_type", 415, "Unsupported media type"
 
 
-def problem(status, title, detail=None, kind=None, errors=None, headers=None, **extra):
-    """A problem+json response. ``errors`` maps fields to messages (400 and 409)."""
-    from flask import current_app
-
+def problem_document(status, title, detail=None, kind=None, instance=None, request_id=None):
+    """The RFC 9457 body of a problem, as a dict (no Flask needed)."""
     body = {
         "type": TYPE_PREFIX + (kind or HTTP_KINDS.get(status, "error")),
         "title": title,
         "status": status,
         "detail": detail or title,
-        "instance": request.path if request else None,
+        "instance": instance,
     }
-    request_id = getattr(g, "request_id", None) if g else None
     if request_id:
         body["request_id"] = request_id
+    return body
+
+
+def problem(status, title, detail=None, kind=None, errors=None, headers=None, **extra):
+    """A problem+json response. ``errors`` maps fields to messages (400 and 409)."""
+    from flask import current_app
+
+    body = problem_document(status, title, detail, kind,
+                            instance=request.path if request else None,
+                            request_id=getattr(g, "request_id", None) if g else None)
     if errors:
         body["errors"] = errors
     body.update({k: v for k, v in extra.items() if v is not None})

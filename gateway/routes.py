@@ -13,7 +13,7 @@ Route files (``config/routes.d/<service>.yaml``)::
       - method: GET
         path: /api/v1/invoices/{invoice_id}
         target: billing.get_invoice     # or just get_invoice (the file's service)
-        permission: invoices:read       # "public", "authenticated" or <resource>:<action>
+        permission: invoices:read       # required: "public", "authenticated" or resource:action
         scope: billing                  # scope of the permission check (default: service)
         rate_limit: read                # auth | default | read (default: default)
         timeout: 5                      # seconds (default: RPC_TIMEOUT)
@@ -34,6 +34,10 @@ Route files (``config/routes.d/<service>.yaml``)::
         wrap: invoice                   # answer {"invoice": result} instead of result
         errors: {unauthorized: 403}     # a typed error's kind -> another HTTP status
 
+Every route names its ``permission``: there is no default, so a route that forgets it is
+refused at start rather than opened to every signed-in user. ``public`` needs no token,
+``authenticated`` any valid token, ``<resource>:<action>`` that permission.
+
 Field specs: ``name: TYPE`` or ``name: {type: TYPE, required, nullable, min, max, enum,
 pattern, default, items, description}`` with TYPE one of string, integer, number, boolean,
 uuid, email, date-time, object, array (min/max bound a string's length, a number's value or
@@ -50,18 +54,22 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marshmallow import Schema, fields, validate
+import marshmallow
+from marshmallow import fields, validate
 
 from authz import permissions as perms
 from gateway import schemas as s
 from gateway.settings import read_yaml
 from shared.config import ConfigError
+from shared.schemas import Schema
 
 __all__ = ["Route", "CORE_ROUTES", "RATE_CLASSES", "PUBLIC", "AUTHENTICATED", "load_routes",
            "routes_from_file", "schema_from_spec"]
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
+PERMISSION_REQUIRED = (f"permission is required: {PUBLIC!r} (no token), {AUTHENTICATED!r} "
+                       "(any valid token) or a permission such as 'invoices:read'")
 RATE_CLASSES = ("auth", "default", "read")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 SOURCES = ("path", "query", "body")
@@ -76,7 +84,7 @@ class Route:
     method: str
     path: str
     target: str | None
-    permission: str = AUTHENTICATED
+    permission: str | None = None  # required (check refuses None): no route is open by default
     scope: str | None = None
     rate_limit: str = "default"
     timeout: float | None = None
@@ -131,6 +139,8 @@ class Route:
             raise ConfigError(f"{where}: path must start with / and hold only URL characters")
         if self.target is not None and not _TARGET.match(self.target):
             raise ConfigError(f"{where}: target must be service.method")
+        if not isinstance(self.permission, str) or not self.permission:
+            raise ConfigError(f"{where}: {PERMISSION_REQUIRED}")
         if self.needs_permission and not perms.is_valid(self.permission):
             raise ConfigError(f"{where}: {perms.problem(self.permission)} "
                               f"(permission {self.permission!r})")
@@ -162,7 +172,6 @@ def _valid_source(source, route):
 
 
 API = "/api/v1"
-ME = "authenticated"
 
 
 def _r(method, path, target, **kwargs):
@@ -183,11 +192,12 @@ CORE_ROUTES = [
        body=s.RefreshSchema, response=s.TokenPairSchema, tag="auth", name="refresh",
        args={"refresh_token": "body.refresh_token"},
        summary="A new token pair for a refresh token (single use; reuse revokes the session)"),
-    _r("POST", "/auth/logout", "auth.end_session", status=204, tag="auth", name="logout",
+    _r("POST", "/auth/logout", "auth.end_session", permission=AUTHENTICATED, status=204,
+       tag="auth", name="logout",
        args={"session_id": "caller.session", "user_id": "caller.id"},
        summary="Log out: revoke the session of this access token"),
-    _r("POST", "/auth/logout-all", "auth.logout_all", status=204, tag="auth",
-       name="logout_all", args={"user_id": "caller.id"},
+    _r("POST", "/auth/logout-all", "auth.logout_all", permission=AUTHENTICATED, status=204,
+       tag="auth", name="logout_all", args={"user_id": "caller.id"},
        summary="Revoke every session of the caller"),
     # -- the caller's own profile -------------------------------------------------------------
     _r("GET", "/users/me", "identity.get_user", permission="profile:read", rate_limit="read",
@@ -286,8 +296,10 @@ def import_schema(dotted):
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"cannot import schema {dotted!r}: {exc}") from None
-    if not (isinstance(found, type) and issubclass(found, Schema)):
+    if not (isinstance(found, type) and issubclass(found, marshmallow.Schema)):
         raise ConfigError(f"{dotted!r} is not a marshmallow Schema")
+    if not issubclass(found, Schema):  # not derived from the kernel's: give it its checks
+        found = type(found.__name__, (found, Schema), {"__module__": found.__module__})
     return found
 
 
@@ -354,6 +366,9 @@ def route_from_spec(spec, service, where):
         path = str(spec["path"])
     except KeyError as exc:
         raise ConfigError(f"{where}: {exc.args[0]} is required") from None
+    permission = spec.get("permission")
+    if not isinstance(permission, str) or not permission.strip():
+        raise ConfigError(f"{where} ({method} {path}): {PERMISSION_REQUIRED}")
     target = str(spec.get("target") or "")
     if target and "." not in target:
         target = f"{service}.{target}"
@@ -378,7 +393,7 @@ def route_from_spec(spec, service, where):
         raise ConfigError(f"{where}: timeout and status must be numbers") from None
     route = Route(
         method=method, path=path, target=target,
-        permission=str(spec.get("permission", AUTHENTICATED)),
+        permission=permission.strip(),
         scope=spec.get("scope", service), rate_limit=str(spec.get("rate_limit", "default")),
         timeout=timeout, status=status,
         path_params=schema_from_spec(path_params, f"{prefix}Path", where),

@@ -3,9 +3,10 @@
 
 from datetime import datetime
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from shared.ids import is_uuid
+from shared.schemas import Schema
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{1,63}$"
 NAME_MESSAGE = ("must be 2-64 characters: a lower-case letter, then lower-case letters, "

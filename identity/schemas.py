@@ -1,4 +1,6 @@
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from shared.schemas import Schema
 
 STATUSES = ("active", "disabled", "deleted")
 TYPES = ("user", "service", "system")

@@ -1,7 +1,10 @@
 """Configuration helpers: environment, per-service database URIs, secrets."""
 
+import math
 import os
+from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "DB_URI_KEY",
@@ -12,6 +15,9 @@ __all__ = [
     "environment",
     "is_production",
     "secret",
+    "secret_problem",
+    "credentials_problem",
+    "require_strong_credentials",
     "setting",
     "ConfigError",
 ]
@@ -20,7 +26,20 @@ DB_URI_KEY = "DB_URI"
 AMQP_URI_KEY = "AMQP_URI"
 ENVIRONMENT_KEY = "PLINTH_ENV"
 
-PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "dev", "development", "secret"}
+# In production a secret must be at least this long and this varied: the Shannon entropy of
+# its characters, in bits each. Repeating 4 symbols or fewer gives 2 at most; a random hex
+# string of 16 characters gives about 3.3 (below 2.25 about once in 20,000 draws), random
+# base64 about 5. Length and the placeholder words do the rest.
+MIN_SECRET_LENGTH = 16
+MIN_BITS_PER_CHARACTER = 2.25
+# well-known values, refused whatever their length
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "dev", "development", "secret", "guest",
+                       "password", "postgres", "plinth", "admin", "test"}
+# words that mark a value meant to be replaced: those of the shipped examples (.env.example,
+# deploy/k8s/secret.example.yaml) and of development defaults
+PLACEHOLDER_MARKS = ("change-me", "changeme", "change_me", "replace-me", "replace_me",
+                     "placeholder", "example", "password", "development", "dev-only", "e2e-only",
+                     "test-only", "not-a-secret")
 
 
 class ConfigError(RuntimeError):
@@ -64,16 +83,81 @@ def setting(config, key, default=None, cast=None):
     return cast(value)
 
 
-def secret(config, key, development_default=None):
+def bits_per_character(text):
+    """The Shannon entropy of ``text``'s characters: how varied it is, in bits per character."""
+    size = len(text)
+    return sum(n / size * math.log2(size / n) for n in Counter(text).values())
+
+
+def secret_problem(value, min_length=MIN_SECRET_LENGTH):
+    """Why ``value`` is unfit to be a production secret (a phrase to follow its name), or None.
+
+    Refused: nothing, a well-known value or one marked as a placeholder (every value the
+    repository's examples ship), fewer than ``min_length`` characters, or too little variety.
+    """
+    text = "" if value is None else str(value)
+    if not text.strip():
+        return "is not set"
+    lowered = text.strip().lower()
+    if lowered in PLACEHOLDER_SECRETS or any(mark in lowered for mark in PLACEHOLDER_MARKS):
+        return "is a placeholder or a well-known value"
+    if len(text) < min_length:
+        return f"is shorter than {min_length} characters"
+    if bits_per_character(text) < MIN_BITS_PER_CHARACTER:
+        return "is too predictable (too few different characters)"
+    return None
+
+
+def secret(config, key, development_default=None, min_length=MIN_SECRET_LENGTH):
     """A secret from the config or environment.
 
-    Outside production a development default is allowed; in production a missing or
-    placeholder value is refused so a deployment cannot run on a well-known secret.
+    Outside production a development default is allowed; in production a value that
+    ``secret_problem`` finds unfit is refused, so a deployment cannot run on a well-known,
+    short or guessable secret.
     """
     value = setting(config, key)
     if is_production(config):
-        if value is None or str(value).strip().lower() in PLACEHOLDER_SECRETS:
-            raise ConfigError(
-                f"{key} must be set to a real secret when {ENVIRONMENT_KEY}=production")
+        problem = secret_problem(value, min_length)
+        if problem is not None:
+            raise ConfigError(f"{key} must be set to a real secret when {ENVIRONMENT_KEY}="
+                              f"production: it {problem} (generate one with: openssl rand "
+                              "-base64 32)")
         return value
     return value if value else development_default
+
+
+def _uris(value):
+    # kombu takes several broker URIs separated by ";" (failover)
+    return [part.strip() for part in str(value or "").split(";") if part.strip()]
+
+
+def credentials_problem(uri):
+    """Why the credentials in a connection URI are unfit for production, or None.
+
+    A password given in the URI must pass ``secret_problem``; an AMQP URI needs credentials
+    other than RabbitMQ's guest account (kombu falls back to guest:guest without any).
+    Databases and Redis may authenticate otherwise (certificates, .pgpass, the network).
+    """
+    try:
+        parts = urlsplit(uri)
+        username, password = parts.username, parts.password
+    except ValueError:
+        return "is not a valid URI"
+    if "amqp" in parts.scheme and (not username or unquote(username) == "guest"):
+        return "uses RabbitMQ's guest account (give the URI a user and password of its own)"
+    if password is None:
+        return None
+    problem = secret_problem(unquote(password))
+    return f"has a password that {problem}" if problem else None
+
+
+def require_strong_credentials(config, uris):
+    """In production, refuse to start when a URI of ``uris`` (``{setting name: uri}``) carries
+    weak credentials (``credentials_problem``). The error never shows the URI itself."""
+    if not is_production(config):
+        return
+    for name, value in uris.items():
+        for uri in _uris(value):
+            problem = credentials_problem(uri)
+            if problem is not None:
+                raise ConfigError(f"{name} {problem} ({ENVIRONMENT_KEY}=production)")

@@ -49,7 +49,8 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
     """An engine whose tables live in ``schema``.
 
     On PostgreSQL tables are created in that schema. SQLite has no schemas, so the schema is
-    translated away and the tables live in the service's own database file.
+    translated away and the tables live in the service's own database file. Statement
+    parameters never appear in errors (``hide_parameters``).
     """
     url = make_url(_normalise(uri))
     if url.get_backend_name() == "sqlite":
@@ -57,7 +58,8 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
             from pathlib import Path
 
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(url, hide_parameters=True,
+                                  connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -73,6 +75,9 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
     _green_psycopg()
     return sa.create_engine(
         url,
+        # a failed statement's error (logged with the worker's traceback) must not carry its
+        # values: they include password hashes, token hashes and personal data
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         # no pre-ping (a round trip per checkout): a connection found dead raises once and
@@ -202,6 +207,7 @@ class Database(DependencyProvider):
         service = self.container.service_name
         config = self.container.config
         self.uri = cfg.db_uri(service, config)
+        cfg.require_strong_credentials(config, {f"{service.upper()}_{DB_URI_KEY}": self.uri})
         self.engine = make_engine(self.uri, service,
                                   pool_size=cfg.setting(config, "DB_POOL_SIZE", 10, int))
         if cfg.setting(config, "MIGRATE_ON_START", True, bool):

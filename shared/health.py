@@ -136,6 +136,7 @@ class Health(DependencyProvider):
         self.started = time.monotonic()
         self.instance_id = f"{self.container.service_name}-{os.uname().nodename}-{os.getpid()}"
         self.amqp_uri = self.container.config[cfg.AMQP_URI_KEY]
+        cfg.require_strong_credentials(self.container.config, {cfg.AMQP_URI_KEY: self.amqp_uri})
         self.databases = [d for d in self.container.dependencies if isinstance(d, Database)]
 
     def start(self):

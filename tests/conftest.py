@@ -86,6 +86,29 @@ def amqp_uri(rabbit_config):
 
 
 @pytest.fixture
+def production_amqp_uri(request, rabbit_config):
+    """The test's vhost through a RabbitMQ user of its own with a strong password: production
+    refuses the guest account. Ask for it before ``start_service`` (it must outlive them)."""
+    import secrets
+    from urllib.parse import quote, urlsplit
+
+    import requests
+
+    api = urlsplit(request.config.getoption("RABBIT_API_URI"))
+    base = f"{api.scheme}://{api.hostname}:{api.port}/api"
+    auth = (api.username, api.password)
+    vhost = urlsplit(rabbit_config["AMQP_URI"]).path.lstrip("/")
+    user, password = f"plinth_test_{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(24)
+    requests.put(f"{base}/users/{user}", json={"password": password, "tags": ""}, auth=auth,
+                 timeout=10).raise_for_status()
+    requests.put(f"{base}/permissions/{quote(vhost, safe='')}/{user}", auth=auth, timeout=10,
+                 json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    amqp = urlsplit(rabbit_config["AMQP_URI"])
+    yield f"{amqp.scheme}://{user}:{password}@{amqp.hostname}:{amqp.port or 5672}/{vhost}"
+    requests.delete(f"{base}/users/{user}", auth=auth, timeout=10)
+
+
+@pytest.fixture
 def service_config(amqp_uri, pg_uri):
     """Build a nameko config for a service under test: real broker and PostgreSQL."""
 

@@ -457,7 +457,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._not_allowed(method)
             try:
                 body = json.loads(self.body or b"null")
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise BadRequest(f"Request decode failed: {exc}") from None
             if not isinstance(body, dict):
                 raise BadRequest("Request decode failed: expected a JSON object")

@@ -40,9 +40,20 @@ def check_name(name, root):
         raise ScaffoldError(f"{name!r} is reserved; choose another name")
     if (root / name).exists() or (root / "config" / f"{name}.yaml").exists():
         raise ScaffoldError(f"a service named {name!r} already exists in {root}")
-    if name in sys.stdlib_module_names or importlib.util.find_spec(name) is not None:
+    if name in sys.stdlib_module_names or _importable_elsewhere(name, root):
         raise ScaffoldError(f"{name!r} is already an importable Python module; a service "
                             "package of that name would shadow it (or be shadowed)")
+
+
+def _importable_elsewhere(name, root):
+    """Whether ``name`` is a module outside the service trees: installed, or in the stdlib.
+    A package of the repository this runs from does not count when generating into another
+    root (its own packages were checked above): that tree is not the target's."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return False
+    origin = Path(spec.origin or next(iter(spec.submodule_search_locations or []), ""))
+    return Path(root).resolve() == ROOT or not origin.resolve().is_relative_to(ROOT / name)
 
 
 def used_ports(root):

@@ -93,8 +93,11 @@ def test_the_dashboard_renders_services_and_states_in_a_browser(platform, tmp_pa
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
+    from deploy.local.testenv import BROWSER_SKIP
+
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert browser and driver, "the browser test needs Debian's chromium and chromium-driver"
+    if not (browser and driver):  # make test installs them when it runs as root
+        pytest.skip(BROWSER_SKIP)
     options = webdriver.ChromeOptions()
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -130,8 +130,8 @@ def test_make_run_names_a_service_that_fails_to_start(launcher_env_broken):
 
 
 @pytest.fixture
-def launcher_env_broken(amqp_uri, tmp_path):
-    env = dict(os.environ, PLINTH_VAR_DIR=str(tmp_path), AMQP_URI=amqp_uri,
+def launcher_env_broken(production_amqp_uri, tmp_path):
+    env = dict(os.environ, PLINTH_VAR_DIR=str(tmp_path), AMQP_URI=production_amqp_uri,
                GATEWAY_PORT=str(find_free_port()), CONSUL_PORT=str(find_free_port()),
                PYTHONPATH=str(ROOT), PLINTH_READY_TIMEOUT="30",
                # auth refuses a short key-encryption secret in production: it fails at start

@@ -171,14 +171,17 @@ def test_private_keys_are_encrypted_at_rest(start_service, pg_uri):
             active.kid, active.private_key_encrypted)
 
 
-def test_production_refuses_to_start_without_a_secret(start_service, monkeypatch):
+def test_production_refuses_to_start_without_a_secret(production_amqp_uri, start_service,
+                                                     monkeypatch):
     monkeypatch.delenv("AUTH_KEY_ENCRYPTION_SECRET", raising=False)
     with pytest.raises(ConfigError, match="AUTH_KEY_ENCRYPTION_SECRET"):
-        start_service(AuthService, PLINTH_ENV="production")
+        start_service(AuthService, PLINTH_ENV="production", AMQP_URI=production_amqp_uri)
 
 
-def test_production_starts_with_a_real_secret(start_service, rpc, fresh_pg_uri):
+def test_production_starts_with_a_real_secret(production_amqp_uri, fresh_pg_uri, start_service,
+                                              rpc):
     start_service(AuthService, PLINTH_ENV="production", DB_URI=fresh_pg_uri,
+                  AMQP_URI=production_amqp_uri,
                   AUTH_KEY_ENCRYPTION_SECRET="a-real-production-secret-0123456789abcdef")
     assert rpc.call("auth", "jwks")["keys"]
 

@@ -151,10 +151,11 @@ def test_an_email_without_a_password_refuses_to_start(service_config, container_
         container.start()
 
 
-def test_a_placeholder_password_refuses_to_start_in_production(service_config,
+def test_a_placeholder_password_refuses_to_start_in_production(production_amqp_uri,
+                                                               service_config,
                                                                container_factory):
-    config = service_config(PLINTH_ENV="production", **bootstrap_config(new_email("root"),
-                                                                         password="changeme"))
+    config = service_config(PLINTH_ENV="production", AMQP_URI=production_amqp_uri,
+                            **bootstrap_config(new_email("root"), password="changeme"))
     container = container_factory(AuthzService, config)
     with pytest.raises(ConfigError, match="BOOTSTRAP_ADMIN_PASSWORD must be set to a real"):
         container.start()

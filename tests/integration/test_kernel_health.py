@@ -111,3 +111,17 @@ def test_calls_during_a_database_outage_fail_as_unavailable_and_recover(start_se
         except Unavailable:
             assert time.monotonic() < deadline, "did not recover without a restart"
             time.sleep(0.2)
+
+
+def test_a_service_in_production_refuses_rabbitmqs_guest_account(start_service):
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="AMQP_URI uses RabbitMQ's guest account"):
+        start_service(IdentityService, PLINTH_ENV="production")
+
+
+def test_a_service_in_production_starts_with_credentials_of_its_own(production_amqp_uri,
+                                                                    start_service):
+    container = start_service(IdentityService, PLINTH_ENV="production",
+                              AMQP_URI=production_amqp_uri)
+    assert _wait_status(_url(container, "/health/ready"), 200).status_code == 200

@@ -160,6 +160,9 @@ def test_bad_requests_are_refused_not_crashed(consul_agent):
     broken = requests.put(f"{consul_agent.url}/v1/agent/service/register", data="{not json",
                           timeout=5)
     assert broken.status_code == 400
+    deep = requests.put(f"{consul_agent.url}/v1/agent/service/register",
+                        data="[" * 100000 + "]" * 100000, timeout=5)
+    assert deep.status_code == 400
     assert requests.get(f"{consul_agent.url}/v1/agent/service/register",
                         timeout=5).status_code == 405
     assert consul_agent.get("/v1/health/service/web", index="abc").status_code == 400

@@ -1,16 +1,20 @@
 """Security: authorisation on every route, and the headers of every response (issue 9,
 items 9 and 11).
 
-The sweep is generated from the gateway's own route table (``gateway.routes.load_routes`` with
-the gateway's settings, so feature services' route files count too): a route added to the
-table is covered without touching this file. Each route is called without a token, with the
+The sweep is generated from the gateway's own route table (``gateway.routes.load_routes``, as
+the test platform serves it: the core routes; feature services are swept by their own tests,
+tests/e2e/test_make_service.py): a route added to the table is covered without touching this
+file. Each route is called without a token, with the
 token of an ordinary user ("mallory", role ``user`` only) and, where the route works on the
 caller's own data, with another user's id smuggled into the query and the body. Whatever the
 answer, it never carries the other user's data, and every response has the security headers.
 """
 
+import json
 import re
+import socket
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -19,7 +23,6 @@ from marshmallow import fields
 from authz.permissions import Grants
 from gateway import routes as routes_module
 from gateway import schemas as s
-from gateway import settings as gateway_settings
 from tests.support.fault_helpers import PASSWORD, new_email
 from tests.support.platform import API, bearer, platform_fixture, wait_for
 
@@ -27,7 +30,7 @@ ALLOWED_ORIGIN = "https://app.example.test"
 platform = platform_fixture(name="sec-access", gateway_env={
     "GATEWAY_RPC_TIMEOUT": "3", "GATEWAY_CORS_ORIGINS": ALLOWED_ORIGIN})
 
-ROUTES = routes_module.load_routes(gateway_settings.load().get("ROUTES_DIR"))
+ROUTES = routes_module.load_routes(None)  # what the platform's gateway serves
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                     "Referrer-Policy": "no-referrer"}
 VERSION_LEAK = re.compile(r"\d|gunicorn|werkzeug|python|flask|nameko|eventlet", re.I)
@@ -183,11 +186,12 @@ def assert_security_headers(response):
 
 
 # -- item 9: the sweep --------------------------------------------------------------------------
-def test_the_route_table_is_what_the_gateway_serves():
+def test_the_route_table_is_what_the_gateway_serves(platform):
     """Every /api rule of the gateway app is in the table this module sweeps."""
     from gateway import create_app
 
-    app = create_app({"AMQP_URI": "amqp://guest:guest@127.0.0.1:1/", "AUTHZ_EVENTS": False})
+    app = create_app({"AMQP_URI": "amqp://guest:guest@127.0.0.1:1/", "AUTHZ_EVENTS": False,
+                      "ROUTES_DIR": str(platform.run_dir / "routes.d")})
     served = {(m, re.sub(r"<(\w+)>", r"{\1}", rule.rule)) for rule in app.url_map.iter_rules()
               for m in rule.methods - {"HEAD", "OPTIONS"} if rule.rule.startswith(API)}
     assert served == {(r.method, r.path) for r in ROUTES}
@@ -305,6 +309,38 @@ def test_every_other_response_has_the_security_headers_and_no_version(platform, 
     if response.status_code >= 400:
         assert response.headers["Content-Type"] == "application/problem+json"
         assert "Traceback" not in response.text
+
+
+def raw_exchange(platform, data):
+    """Send ``data`` as it is and read the whole answer: (status, headers, body)."""
+    port = platform.processes["gateway"].port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = requests.structures.CaseInsensitiveDict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"NOT AN HTTP REQUEST LINE\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+     + b"\r\n", 431),
+], ids=["bad-request-line", "uri-too-long", "header-too-large", "too-many-headers"])
+def test_gunicorns_own_refusals_are_problems_with_the_security_headers(platform, data, status):
+    answered, headers, body = raw_exchange(platform, data)
+    assert answered == status
+    assert headers["Content-Type"] == "application/problem+json"
+    assert_security_headers(SimpleNamespace(headers=headers))
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["request_id"] == headers["X-Request-ID"]
+    assert problem["type"].startswith("urn:plinth:problem:")
+    assert b"<html" not in body
 
 
 @pytest.mark.parametrize("service", ["identity", "auth", "authz", "audit"])

@@ -24,7 +24,10 @@ takes a few seconds)::
 Options: ``services`` (which of identity, auth, authz, audit; default all), ``gateway``
 (start it; default True), ``env`` (extra environment for every process), ``service_env``
 (``{"auth": {...}}`` per service), ``gateway_env``, ``workers`` / ``threads`` (gunicorn),
-``admin_email`` / ``admin_password`` (the bootstrap admin authz creates).
+``admin_email`` / ``admin_password`` (the bootstrap admin authz creates), ``routes`` (route
+files of feature services the test starts itself: the gateway serves the core routes and
+these only, never the repository's config/routes.d, whose services a platform does not start
+— a tree where `make service` was run must pass the suite too).
 
 Process control, by name ("identity", ..., "gateway"): ``stop_process(name)`` (SIGTERM, then
 SIGKILL), ``kill_process(name)`` (SIGKILL: a crash), ``start_process(name)`` (same port,
@@ -121,7 +124,8 @@ class PlatformError(RuntimeError):
 class Platform:
     def __init__(self, services=SERVICES, gateway=True, env=None, service_env=None,
                  gateway_env=None, workers=2, threads=4, admin_email=ADMIN_EMAIL,
-                 admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform"):
+                 admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform",
+                 routes=()):
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}")
@@ -130,6 +134,7 @@ class Platform:
         self.env = dict(env or {})
         self.service_env = {k: dict(v) for k, v in (service_env or {}).items()}
         self.gateway_env = dict(gateway_env or {})
+        self.routes = [Path(path) for path in routes]
         self.workers, self.threads = workers, threads
         self.admin_email, self.admin_password = admin_email, admin_password
         self.startup_timeout = startup_timeout
@@ -219,7 +224,12 @@ class Platform:
         port = free_port()
         env = self._base_env()
         env.update(GATEWAY_DEFAULTS)
-        env.update({"GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": str(self.workers),
+        routes_dir = self.run_dir / "routes.d"
+        routes_dir.mkdir(exist_ok=True)
+        for path in self.routes:
+            shutil.copy(path, routes_dir / path.name)
+        env.update({"GATEWAY_ROUTES_DIR": str(routes_dir),
+                    "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": str(self.workers),
                     "GATEWAY_THREADS": str(self.threads),
                     "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "prometheus")})
         env.update({k: str(v) for k, v in self.env.items()})

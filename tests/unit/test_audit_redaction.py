@@ -53,7 +53,38 @@ def test_values_that_look_like_secrets_are_redacted_under_any_key(value):
 
 
 @pytest.mark.parametrize("value", [
+    f"token={JWT}", f"access_token={JWT}&state=x", f"Authorization: Bearer {JWT}",
+    "retry with authorization: bearer abcdefghijklmnopqrstuvwxyz012345 please",
+    f"hash was {ARGON2}", "stored $2b$12$abcdefghijklmnopqrstuu5a1Yq2ZlE3xGvRk4Gk5Zb2c1d",
+    "legacy pbkdf2_sha256$600000$salt$hash=", '{"refresh_token": "' + JWT + '"}',
+])
+def test_secrets_inside_a_longer_string_are_redacted(value):
+    assert Redactor().clean({"note": value}) == {"note": REDACTED}
+
+
+def test_auth_refresh_tokens_are_redacted_alone_or_inside_a_string():
+    from auth.tokens import new_refresh_token
+
+    for _ in range(200):  # random: every shape auth issues
+        token = new_refresh_token()
+        assert Redactor().clean({"note": token, "url": f"/cb?refresh={token}&x=1",
+                                 "list": [f"got {token}."]}) == \
+            {"note": REDACTED, "url": REDACTED, "list": [REDACTED]}
+
+
+@pytest.mark.parametrize("value", [
+    "user.password_changed", "3f2b8c1e-7d4a-4c2b-9e1f-0a6b5c4d3e2f",
+    "billing_reader_for_the_eu_team_abcdefghijkl",
+    "a" * 43, "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOPQ", "0123456789" * 5,
+    "x" * 44 + "Y", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+])
+def test_lower_case_names_ids_and_hex_digests_are_not_taken_for_refresh_tokens(value):
+    assert Redactor().clean({"note": value}) == {"note": value}
+
+
+@pytest.mark.parametrize("value", [
     "bearer of bad news", "Basic plan", "eyJust a word", "$20 off", "-----BEGIN CERTIFICATE-----",
+    "the keyJar.json.gz file", "price: $2b$ and more",
 ])
 def test_ordinary_values_are_kept(value):
     assert Redactor().clean({"note": value}) == {"note": value}

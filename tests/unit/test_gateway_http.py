@@ -147,6 +147,42 @@ def test_bad_bodies_name_their_fields_and_call_nothing(gateway):
     assert [c for c in services.calls if c.service == "identity"] == []
 
 
+@pytest.mark.parametrize("depth", [33, 1000, 20000])
+def test_a_body_nested_too_deep_is_400_not_a_500(gateway, caplog, depth):
+    client, services = gateway
+    nested = '{"email": "a@b.test", "password": "long-enough-pass", "display_name": ' + \
+        "[" * depth + "]" * depth + "}"
+    body = assert_problem(client.post(f"{API}/users", data=nested,
+                                      content_type="application/json"), 400, "invalid")
+    assert body["errors"] == {"_body": ["nested more than 32 levels deep"]}
+    assert services.calls == [] and "Traceback" not in caplog.text
+
+
+def test_a_body_nested_32_deep_is_parsed_and_validated_as_usual(gateway):
+    client, _ = gateway
+    nested = '{"email": "a@b.test", "password": "long-enough-pass", "display_name": ' + \
+        "[" * 31 + "]" * 31 + "}"
+    body = assert_problem(client.post(f"{API}/users", data=nested,
+                                      content_type="application/json"), 400, "invalid")
+    assert set(body["errors"]) == {"display_name"}  # the schema's verdict: not a string
+
+
+def test_a_nul_character_in_any_input_is_400_naming_the_field_and_calls_nothing(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "roles:write", "users:read")
+    body = assert_problem(client.post(f"{API}/users", json={
+        "email": "ann@example.test", "password": "long-enough-pass",
+        "display_name": "Ann\u0000"}), 400, "invalid")
+    assert body["errors"] == {"display_name": ["must not contain the NUL character (\\u0000)"]}
+    body = assert_problem(client.post(f"{API}/roles", headers=bearer(token), json={
+        "name": "auditors", "description": "\x00"}), 400)
+    assert list(body["errors"]) == ["description"]
+    body = assert_problem(client.get(f"{API}/users?q=ann%00", headers=bearer(token)), 400)
+    assert list(body["errors"]) == ["q"]
+    assert [c for c in services.calls if c.service in ("identity", "authz")
+            and c.method != "effective_permissions"] == []
+
+
 def test_login_passes_the_client_address_and_agent(gateway):
     client, services = gateway
     pair = {"access_token": "a", "refresh_token": "r", "token_type": "Bearer",
@@ -377,6 +413,14 @@ def test_cors_answers_configured_origins_only(gateway):
             "/.well-known/jwks.json", headers={"Origin": origin}).headers
 
 
+def test_responses_that_cors_may_change_say_they_vary_by_origin(gateway):
+    client, _ = gateway  # one configured origin: flask-cors alone sends no Vary then
+    for headers in ({}, {"Origin": ORIGIN}, {"Origin": "https://evil.example.test"}):
+        response = client.get("/.well-known/jwks.json", headers=headers)
+        assert "Origin" in response.vary, (headers, response.headers)
+    assert "Origin" in client.get(f"{API}/users/me").vary
+
+
 def test_no_cors_at_all_without_configured_origins(keys):
     app, _ = build(keys, CORS_ORIGINS="")
     response = app.test_client().options(f"{API}/users/me", headers={
@@ -521,3 +565,23 @@ def test_memory_windows_reset_when_they_expire():
     time.sleep(0.02)
     windows.incr("k", 10)
     assert "other" not in windows._counts
+
+
+def test_a_raw_problem_page_is_a_whole_problem_json_response_with_the_headers():
+    from gateway.headers import raw_problem
+
+    raw = raw_problem(431, "Request Header Fields Too Large\r\nSet-Cookie: x=1",
+                      "Error parsing headers: 'X-Big'", hsts_seconds=600)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert status == "HTTP/1.1 431 Request Header Fields Too LargeSet-Cookie: x=1"
+    assert "Set-Cookie" not in headers
+    assert headers["Content-Type"] == "application/problem+json"
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["Strict-Transport-Security"] == "max-age=600; includeSubDomains"
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+    problem = json.loads(body)
+    assert problem["type"] == "urn:plinth:problem:headers_too_large"
+    assert problem["request_id"] == headers["X-Request-ID"]
+    assert problem["detail"] == "Error parsing headers: 'X-Big'"

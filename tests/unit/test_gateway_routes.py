@@ -71,9 +71,15 @@ def test_a_broken_entry_is_refused_at_start(changes, message):
         Route(**fields).check()
 
 
+def test_an_entry_without_a_permission_is_refused_not_opened_to_every_user():
+    with pytest.raises(ConfigError, match="route GET /api/v1/things: permission is required"):
+        Route("GET", "/api/v1/things", "things.list").check()
+
+
 def test_duplicate_routes_are_refused(tmp_path):
     (tmp_path / "clash.yaml").write_text(
-        "service: clash\nroutes:\n  - {method: GET, path: '/api/v1/users/{x}', target: get}\n")
+        "service: clash\nroutes:\n  - {method: GET, path: '/api/v1/users/{x}', target: get, "
+        "permission: public}\n")
     with pytest.raises(ConfigError, match="two routes for GET /api/v1/users/{x}"):
         load_routes(tmp_path)
 
@@ -108,24 +114,29 @@ def test_route_files_may_name_a_schema_by_its_dotted_path(tmp_path):
     assert route.body.__name__ == "SignUpSchema" and route.response.__name__ == "UserSchema"
 
 
+# one GET /x entry of a billing route file, its mapping left open for one more key
+ENTRY = "service: billing\nroutes:\n  - {method: GET, path: /x, target: get, permission: public"
+
+
 @pytest.mark.parametrize("text, message", [
     ("routes: []\n", "'service'"),
     ("service: billing\nroutes:\n  - {method: GET, path: /x/{y}}\n", "not valid YAML"),
     ("service: Billing\nroutes: []\n", "'service'"),
     ("service: billing\nroutes: {a: 1}\n", "must be a list"),
-    ("service: billing\nroutes:\n  - {path: /x, target: get}\n", "method is required"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, colour: red}\n",
-     "unknown keys"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, body: os.path}\n",
-     "not a marshmallow Schema"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, body: no.such:X}\n",
-     "cannot import"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get,\n"
-     "      query: {n: {type: decimal}}}\n", "type must be one of"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get,\n"
-     "      query: {n: {type: integer, minimum: 1}}}\n", "unknown spec"),
-    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, timeout: soon}\n",
-     "must be numbers"),
+    ("service: billing\nroutes:\n  - {path: /x, target: get, permission: public}\n",
+     "method is required"),
+    (ENTRY + ", colour: red}\n", "unknown keys"),
+    (ENTRY + ", body: os.path}\n", "not a marshmallow Schema"),
+    (ENTRY + ", body: no.such:X}\n", "cannot import"),
+    (ENTRY + ",\n      query: {n: {type: decimal}}}\n", "type must be one of"),
+    (ENTRY + ",\n      query: {n: {type: integer, minimum: 1}}}\n", "unknown spec"),
+    (ENTRY + ", timeout: soon}\n", "must be numbers"),
+    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get}\n",
+     r"billing.yaml route 1 \(GET /x\): permission is required: 'public'"),
+    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, permission: }\n",
+     "permission is required"),
+    ("service: billing\nroutes:\n  - {method: GET, path: /x, target: get, permission: ''}\n",
+     "permission is required"),
 ])
 def test_a_broken_route_file_is_refused_with_its_reason(tmp_path, text, message):
     path = tmp_path / "billing.yaml"

@@ -6,20 +6,25 @@ from pathlib import Path
 import pytest
 
 from deploy.scaffold.__main__ import ScaffoldError, generate, main
+from gateway.routes import routes_from_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+CORE = ("identity", "auth", "authz", "audit")
+
+
 @pytest.fixture
 def tree(tmp_path):
-    """The files the generator reads or extends, copied into a scratch tree."""
-    for relative in ("config", "docker-compose.yml", ".env.example"):
-        source = ROOT / relative
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / relative)
-        else:
-            shutil.copy(source, tmp_path / relative)
-    for service in ("identity", "auth", "authz", "audit"):
+    """The files the generator reads or extends, as a fresh clone has them, in a scratch tree:
+    the core services' and the gateway's configuration only (this repository's users may
+    have generated services of their own, billing included)."""
+    (tmp_path / "config").mkdir()
+    for name in (*CORE, "gateway"):
+        shutil.copy(ROOT / "config" / f"{name}.yaml", tmp_path / "config")
+    for relative in ("docker-compose.yml", ".env.example"):
+        shutil.copy(ROOT / relative, tmp_path / relative)
+    for service in CORE:
         (tmp_path / service).mkdir()
     return tmp_path
 
@@ -79,6 +84,9 @@ def test_generation_writes_a_whole_service_on_a_free_port(tree):
     assert "\n  billing:\n" in (tree / "docker-compose.yml").read_text()
     assert "BILLING_APP_PASSWORD=change-me" in (tree / ".env.example").read_text()
     assert "class BillingService(kernel.ServiceBase)" in (tree / "billing/service.py").read_text()
+    routes = routes_from_file(tree / "config/routes.d/billing.yaml")  # every one explicit
+    assert [(r.method, r.permission) for r in routes] == \
+        [("POST", "billing:write"), ("GET", "billing:read")]
     _, second = generate("shipping", tree)
     assert second == 8106
 
