@@ -184,20 +184,34 @@ def wait_for(row, now, scope, policy):
     return max(policy.base_delay, delay_for(level + ahead, threshold, policy))
 
 
+# dialect name -> the statement of _claim. One row each, so SQLAlchemy caches its compiled
+# form (a multi-row VALUES is compiled anew each time: ~1.5 ms of CPU per login here), and it
+# sends the three rows as one multi-row statement ("insertmanyvalues").
+_CLAIMS = {}
+
+
+def _claim_statement(session):
+    name = session.get_bind().dialect.name
+    statement = _CLAIMS.get(name)
+    if statement is None:
+        insert = _dialect_insert(session)(TABLE)
+        statement = _CLAIMS[name] = insert.on_conflict_do_update(
+            index_elements=[TABLE.c.scope, TABLE.c.key],
+            set_={"pending": sa.case((TABLE.c.pending_until > insert.excluded.updated_at,
+                                      TABLE.c.pending + 1), else_=1),
+                  "pending_until": insert.excluded.pending_until},
+        ).returning(*TABLE.c)  # rows are told apart by scope: any order
+    return statement
+
+
 def _claim(session, keys, now, hold):
     """Count one more attempt in flight on each counter (created when missing), atomically:
     the rows as they are with this attempt counted, by scope."""
-    insert = _dialect_insert(session)
     until = now + timedelta(seconds=hold)
-    statement = insert(TABLE).values([
-        {"scope": s, "key": keys.of_scope(s), "level": 0.0, "updated_at": now,
-         "blocked_until": None, "pending": 1, "pending_until": until} for s in LOCK_ORDER])
-    statement = statement.on_conflict_do_update(
-        index_elements=[TABLE.c.scope, TABLE.c.key],
-        set_={"pending": sa.case((TABLE.c.pending_until > now, TABLE.c.pending + 1), else_=1),
-              "pending_until": until},
-    ).returning(*TABLE.c)
-    return {row.scope: row for row in session.execute(statement)}
+    # in LOCK_ORDER: the statement locks its rows in the order of its VALUES
+    rows = [{"scope": s, "key": keys.of_scope(s), "level": 0.0, "updated_at": now,
+             "blocked_until": None, "pending": 1, "pending_until": until} for s in LOCK_ORDER]
+    return {row.scope: row for row in session.execute(_claim_statement(session), rows)}
 
 
 def reserve(session, keys, now, policy, hold):
