@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from authz.permissions import Grants
 from gateway import metrics
-from gateway.events import EventSubscription
+from gateway.events import DEFAULT_HEARTBEAT, EventSubscription
 
 __all__ = ["PermissionCache", "EventListener", "ROUTING_KEY"]
 
@@ -95,7 +95,7 @@ class PermissionCache:
 class EventListener(EventSubscription):
     """Consumes ``authz.events`` ``role.*`` into ``cache`` from a daemon thread."""
 
-    def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=10):
+    def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=DEFAULT_HEARTBEAT):
         super().__init__(amqp_uri, "authz", routing_key, "authz-events", heartbeat)
         self.cache = cache
 
