@@ -9,8 +9,8 @@ and forgets exactly the ``data.affected_users`` it names. While the listener is 
 the cache cannot be trusted, so it is bypassed (every check asks authz), and on each
 (re)connection the whole cache is dropped: events may have been missed meanwhile. A
 connection that died silently is found by AMQP heartbeats (``EVENTS_HEARTBEAT``, see
-gateway/events.py) within about 2.5 heartbeats (5 s by default): that is the longest a grant
-revoked meanwhile is still served from the cache.
+gateway/events.py) within about 5 s: that is the longest a grant revoked meanwhile is still
+served from the cache.
 
 A fetch that was under way when an invalidation for its user arrived is not cached: its
 answer may predate the change.

@@ -9,23 +9,27 @@ what to retry while connected (``on_idle``, which must not block: it runs betwee
 
 A connection that died without a word (a half-open TCP connection: a crashed broker host, a
 dropped NAT entry) is found by AMQP heartbeats: both sides send one every ``heartbeat / 2``
-seconds, and the connection counts as lost after ``2 × heartbeat`` seconds without a byte
-from the broker. It is then dropped without a closing handshake (which would wait forever for
-an answer) and a new one is opened, on a queue of its own: the old exclusive queue lives on
-until the broker notices the old connection is gone.
+seconds, and the connection counts as lost after ``heartbeat + 1.5`` seconds without a byte
+from the broker (py-amqp's own check waits ``2 × heartbeat``). It is then dropped without a
+closing handshake (which would wait forever for an answer) and a new one is opened, on a
+queue of its own: the old exclusive queue lives on until the broker notices the old
+connection is gone. The broker drops a client it has not heard from for about ``heartbeat``
+seconds, so a much shorter heartbeat would also cut listeners on a merely slow link.
 """
 
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 __all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
 
 log = logging.getLogger("gateway.events")
 
-DEFAULT_HEARTBEAT = 2  # seconds (whole: AMQP negotiates an integer): a dead link shows in ~5 s
+DEFAULT_HEARTBEAT = 3  # seconds (whole: AMQP negotiates an integer): a dead link shows in ~5 s
+SILENCE_MARGIN = 1.5  # seconds of silence past one heartbeat: two of the broker's were missed
 
 
 class EventSubscription:
@@ -126,6 +130,7 @@ class EventSubscription:
             # read at least twice per heartbeat, so that heartbeats go out and a silent
             # broker is noticed on time
             wait = min(1.0, self.heartbeat / 2)
+            silence = _Silence(conn.connection, self.heartbeat + SILENCE_MARGIN)
             while not self._stopped.is_set():
                 self.on_idle()
                 try:
@@ -133,8 +138,8 @@ class EventSubscription:
                 except TimeoutError:
                     pass
                 conn.heartbeat_check()
+                silence.check()
         except BaseException:
-            self._connected.clear()
             conn.collect()  # no closing handshake: the broker may never answer it
             raise
         self._connected.clear()
@@ -142,3 +147,23 @@ class EventSubscription:
             conn.release()
         except Exception:  # noqa: BLE001 - stopping: the broker may already be gone
             conn.collect()
+
+
+class _Silence:
+    """How long the broker has sent nothing on a connection, from py-amqp's byte count (read
+    only); raises once that exceeds ``limit`` seconds. A transport without the count is left
+    to its own heartbeat check."""
+
+    def __init__(self, connection, limit):
+        self.connection, self.limit = connection, limit
+        self.received, self.since = None, time.monotonic()
+
+    def check(self):
+        received = getattr(self.connection, "bytes_recv", None)
+        now = time.monotonic()
+        if received is None or received != self.received:
+            self.received, self.since = received, now
+            return
+        if now - self.since > self.limit:
+            raise ConnectionError(f"nothing from the broker for {now - self.since:.1f}s "
+                                  "(heartbeats missed)")

@@ -42,8 +42,8 @@ DEFAULTS = {
     # accepting a token
     "SESSION_EVENTS": True,
     "SESSION_CHECK_INTERVAL": 1.0,
-    # AMQP heartbeat of the event listeners (whole seconds): a dead link is found in ~2.5×
-    "EVENTS_HEARTBEAT": 2,
+    # AMQP heartbeat of the event listeners (whole seconds): a dead link is found in ~5 s
+    "EVENTS_HEARTBEAT": 3,
     # rate limits: "N/period[;N/period...]" per class; empty disables that limit
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",
