@@ -37,6 +37,7 @@ THROTTLE_KEYS = {
 }
 DEVELOPMENT_SECRET = "plinth-development-only-key-encryption-secret"
 MIN_PRODUCTION_SECRET_LENGTH = 32
+RESERVATION_MARGIN = 5.0  # seconds a login's reservation outlives identity's timeout
 
 
 def _positive(name, value):
@@ -158,6 +159,12 @@ class LoginGuard:
         self.reuse_grace = reuse_grace
         self.check_user_on_refresh = check_user_on_refresh
         self.identity_timeout = identity_timeout
+
+    @property
+    def reservation_hold(self):
+        """How long an attempt in flight counts against the throttle at most: identity's
+        answer is awaited ``identity_timeout`` seconds; past that a worker has died."""
+        return self.identity_timeout + RESERVATION_MARGIN
 
     def keys(self, email, client):
         return throttle.Keys.of(self.hash_key, email, client)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from auth import sessions, throttle
 from shared.context import Actor
-from shared.errors import NotFound, Unauthorized, Unavailable
+from shared.errors import NotFound, TooManyRequests, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +18,19 @@ def login(uow, tokens, guard, verify_credentials, email, password, client):
     """The token pair for correct credentials; Unauthorized or TooManyRequests otherwise.
 
     ``verify_credentials(email=, password=)`` is identity's check (the user dict, or
-    Unauthorized). A throttled attempt is refused before it costs a password hash.
+    Unauthorized). A throttled attempt is refused before it costs a password hash. An attempt
+    is counted in flight (committed) before identity hashes, so that concurrent attempts
+    cannot all pass the throttle before the first failure is recorded; no lock is held
+    while identity hashes.
     """
     keys = guard.keys(email, client)
-    # The transaction stays open while identity hashes: under READ COMMITTED a plain SELECT
-    # holds no locks and a worker holds one pooled connection at most, while ending it here
-    # would cost a ROLLBACK round trip and a second pool checkout on every login.
-    pressure = throttle.check(uow.session, keys, sessions.now_utc(), guard.policy)
+    try:
+        throttle.reserve(uow.session, keys, sessions.now_utc(), guard.policy,
+                         guard.reservation_hold)
+    except TooManyRequests:
+        uow.rollback()  # nothing reserved
+        raise
+    uow.commit()
     try:
         user = verify_credentials(email=email, password=password)
     except Unauthorized:
@@ -38,15 +44,29 @@ def login(uow, tokens, guard, verify_credentials, email, password, client):
             log.warning("failed logins are throttled for %.0fs", blocked,
                         extra={"account": keys.account})
         raise Unauthorized(INVALID_CREDENTIALS) from None
+    except BaseException:
+        _give_back(uow, keys, guard)
+        raise
     session, refresh_token = sessions.start(uow, user["id"], keys, client,
                                             tokens.settings.refresh_ttl)
-    if "pair" in pressure:
-        throttle.record_success(uow.session, keys)
+    throttle.release(uow.session, keys, sessions.now_utc(), guard.policy, success=True)
     uow.emit(AUTHED, user["id"], {"user_id": user["id"], "session_id": session.id,
                                   "client": client},
              actor=Actor(user["id"], user.get("type") or "user"))
     uow.commit()
     return pair(tokens, user["id"], session.id, refresh_token)
+
+
+def _give_back(uow, keys, guard):
+    """Identity did not answer (or the worker is being killed): the attempt counts neither
+    way. Best effort: a reservation left behind expires on its own."""
+    try:
+        uow.rollback()
+        throttle.release(uow.session, keys, sessions.now_utc(), guard.policy)
+        uow.commit()
+    except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
+        log.warning("could not release a login reservation (%s)", type(exc).__name__)
+        uow.rollback()
 
 
 def pair(tokens, user_id, session_id, refresh_token):

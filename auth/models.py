@@ -79,3 +79,8 @@ class LoginThrottle(Base):
     level: Mapped[float] = mapped_column(sa.Float, nullable=False)
     updated_at = mapped_column(UTCDateTime, nullable=False, index=True)
     blocked_until = mapped_column(UTCDateTime, nullable=True)
+    # attempts whose password is being checked right now: counted as failures-to-be, so that
+    # concurrent attempts cannot all slip in before the first failure is recorded
+    pending: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
+    # a reservation its worker never settled (a crash) stops counting after this
+    pending_until = mapped_column(UTCDateTime, nullable=True)

@@ -3,6 +3,7 @@ rate limits, errors, metrics, docs and health into one Flask app."""
 
 import logging
 import os
+import threading
 
 from flask import Flask, g, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -65,20 +66,24 @@ class Gateway:
                                           kwargs={"user_id": user_id}, timeout=authz_timeout,
                                           context=dispatch.rpc_context()),
             max_size=get("AUTHZ_CACHE_SIZE", int), ttl=get("AUTHZ_CACHE_TTL", float))
+        heartbeat = get("EVENTS_HEARTBEAT", int)
         self.listener = None
         if get("AUTHZ_EVENTS", bool):
-            self.listener = EventListener(settings["AMQP_URI"], self.permissions)
+            self.listener = EventListener(settings["AMQP_URI"], self.permissions,
+                                          heartbeat=heartbeat)
             self.permissions.trusted = lambda: self.listener.connected
         self.limits = RateLimits(settings, RATE_CLASSES)
         # ended sessions (logout, password change, disabled user...): their tokens refused
         self.revoked = RevokedSessions()
         self.sessions = None
+        self.session_check_interval = get("SESSION_CHECK_INTERVAL", float)
         if get("SESSION_EVENTS", bool):
             self.sessions = SessionListener(
                 settings["AMQP_URI"], self.revoked,
                 lambda: self.rpc.call("auth", "revoked_sessions", timeout=jwks_timeout,
                                       context={"request_id": context.new_request_id(),
-                                               "actor_type": "system", "actor_id": "gateway"}))
+                                               "actor_type": "system", "actor_id": "gateway"}),
+                heartbeat=heartbeat)
         # health-aware routing: no passing instance in Consul -> 503 at once; a breaker per
         # service opens on repeated failures. Both sit in front of every RPC call.
         self.route_services = sorted({r.target.split(".", 1)[0] for r in routes if r.target})
@@ -119,17 +124,41 @@ def _identify(state):
         if header is None:
             return
         try:
-            g.principal = state.validator.validate(bearer_token(header))
+            principal = state.validator.validate(bearer_token(header))
+            if state.sessions is not None:  # revocations may have been missed: ask auth
+                state.sessions.ensure_fresh(state.session_check_interval)
         except PlinthError as exc:
             g.auth_error = exc  # raised by routes that need a caller; public ones ignore it
             return
-        if g.principal.session_id in state.revoked:
-            g.principal = None
+        if principal.session_id in state.revoked:
             g.auth_error = rejected("revoked", "the session has ended")
             return
+        g.principal = principal
         context.actor_var.set(context.Actor(g.principal.user_id, g.principal.actor_type))
 
     return identify
+
+
+def _proxy_warning(settings):
+    """Say once per process, loudly, that clients are probably being mistaken for their proxy:
+    requests carry X-Forwarded-For while no proxy is trusted (GATEWAY_TRUSTED_PROXIES=0)."""
+    if settings.get_as("TRUSTED_PROXIES", int):
+        return None
+    seen = threading.Event()
+
+    def warn():
+        if seen.is_set() or "X-Forwarded-For" not in request.headers:
+            return
+        seen.set()
+        log.warning(
+            "a request from %s carries X-Forwarded-For but GATEWAY_TRUSTED_PROXIES is 0: if "
+            "the gateway is behind a proxy or load balancer, every client behind it shares "
+            "its address, so one client's failed logins and rate limits hit them all; set "
+            "GATEWAY_TRUSTED_PROXIES to the number of proxies in front of the gateway (see "
+            "deploy/README.md). If there is none, a client sent the header itself and it is "
+            "ignored.", request.remote_addr, extra={"event": "untrusted_forwarded_for"})
+
+    return warn
 
 
 def _jwks_view(state):
@@ -161,6 +190,9 @@ def create_app(config=None):
     # order matters: before_request run in this order, after_request in the reverse one
     observability.register(app, access=settings.get_as("ACCESS_LOG", bool))
     app.before_request(_identify(state))
+    warning = _proxy_warning(settings)
+    if warning is not None:
+        app.before_request(warning)
     app.after_request(headers.security_headers(settings.get_as("HSTS_SECONDS", int)))
     app.after_request(limits.rate_limit_headers)
     headers.setup_cors(app, settings)

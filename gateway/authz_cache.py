@@ -7,7 +7,10 @@ background thread per gateway process with its own exclusive, auto-delete queue 
 ``authz.events`` exchange, so every process of every instance hears every ``role.*`` event
 and forgets exactly the ``data.affected_users`` it names. While the listener is not connected
 the cache cannot be trusted, so it is bypassed (every check asks authz), and on each
-(re)connection the whole cache is dropped: events may have been missed meanwhile.
+(re)connection the whole cache is dropped: events may have been missed meanwhile. A
+connection that died silently is found by AMQP heartbeats (``EVENTS_HEARTBEAT``, see
+gateway/events.py) within about 5 s: that is the longest a grant revoked meanwhile is still
+served from the cache.
 
 A fetch that was under way when an invalidation for its user arrived is not cached: its
 answer may predate the change.
@@ -21,7 +24,7 @@ from collections import OrderedDict
 
 from authz.permissions import Grants
 from gateway import metrics
-from gateway.events import EventSubscription
+from gateway.events import DEFAULT_HEARTBEAT, EventSubscription
 
 __all__ = ["PermissionCache", "EventListener", "ROUTING_KEY"]
 
@@ -92,7 +95,7 @@ class PermissionCache:
 class EventListener(EventSubscription):
     """Consumes ``authz.events`` ``role.*`` into ``cache`` from a daemon thread."""
 
-    def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=10):
+    def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=DEFAULT_HEARTBEAT):
         super().__init__(amqp_uri, "authz", routing_key, "authz-events", heartbeat)
         self.cache = cache
 

@@ -5,31 +5,46 @@ sessions), so each binds its own exclusive, auto-delete queue to the service's n
 exchange, from a daemon thread (plain kombu; the gateway does not use eventlet) that
 reconnects by itself. A subclass says what an event does (``on_event``), what to do once the
 queue is bound again — events may have been missed while it was not (``on_bound``) — and
-what to retry while connected (``on_idle``).
+what to retry while connected (``on_idle``, which must not block: it runs between reads).
+
+A connection that died without a word (a half-open TCP connection: a crashed broker host, a
+dropped NAT entry) is found by AMQP heartbeats: both sides send one every ``heartbeat / 2``
+seconds, and the connection counts as lost after ``heartbeat + 1.5`` seconds without a byte
+from the broker (py-amqp's own check waits ``2 × heartbeat``). It is then dropped without a
+closing handshake (which would wait forever for an answer) and a new one is opened, on a
+queue of its own: the old exclusive queue lives on until the broker notices the old
+connection is gone. The broker drops a client it has not heard from for about ``heartbeat``
+seconds, so a much shorter heartbeat would also cut listeners on a merely slow link.
 """
 
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
-__all__ = ["EventSubscription"]
+__all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
 
 log = logging.getLogger("gateway.events")
 
+DEFAULT_HEARTBEAT = 3  # seconds (whole: AMQP negotiates an integer): a dead link shows in ~5 s
+SILENCE_MARGIN = 1.5  # seconds of silence past one heartbeat: two of the broker's were missed
+
 
 class EventSubscription:
-    def __init__(self, amqp_uri, source, routing_key, name, heartbeat=10):
+    def __init__(self, amqp_uri, source, routing_key, name, heartbeat=DEFAULT_HEARTBEAT):
         self.amqp_uri = amqp_uri
         self.source, self.routing_key, self.name = source, routing_key, name
-        self.heartbeat = heartbeat
-        self.queue_name = (f"gateway-{name}-{socket.gethostname()}-{os.getpid()}-"
-                           f"{uuid.uuid4().hex[:8]}")
+        self.heartbeat = max(1, int(heartbeat))
+        self.queue_prefix = (f"gateway-{name}-{socket.gethostname()}-{os.getpid()}-"
+                             f"{uuid.uuid4().hex[:8]}")
+        self.queue_name = None
         self._connected = threading.Event()
         self._stopped = threading.Event()
         self._thread = None
         self._pid = None
+        self.connections = 0  # how many times the queue was bound (1 + the reconnections)
         self.received = 0
         self.last_error = None
 
@@ -41,7 +56,7 @@ class EventSubscription:
         """The queue is bound: from now on nothing is missed (called before ``connected``)."""
 
     def on_idle(self):
-        """Called about once a second while connected."""
+        """Called about once a second while connected; must return at once."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -75,34 +90,11 @@ class EventSubscription:
             message.ack()
 
     def _run(self):
-        from kombu import Connection, Consumer, Queue
-        from nameko.standalone.events import get_event_exchange
-
         failures = 0
         while not self._stopped.is_set():
             try:
-                with Connection(self.amqp_uri, heartbeat=self.heartbeat,
-                                connect_timeout=3) as conn:
-                    conn.ensure_connection(max_retries=1)
-                    channel = conn.channel()
-                    exchange = get_event_exchange(self.source, {})
-                    exchange(channel).declare()
-                    queue = Queue(self.queue_name, exchange=exchange,
-                                  routing_key=self.routing_key, exclusive=True,
-                                  auto_delete=True, durable=False)
-                    with Consumer(channel, queues=[queue], callbacks=[self._on_message],
-                                  accept=["json"]):
-                        self.on_bound()
-                        self._connected.set()
-                        failures = 0
-                        self.last_error = None
-                        log.info("listening to %s events on %s", self.source, self.queue_name)
-                        while not self._stopped.is_set():
-                            self.on_idle()
-                            try:
-                                conn.drain_events(timeout=1)
-                            except TimeoutError:
-                                conn.heartbeat_check()
+                self._listen()
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
                 self.last_error = exc
                 if self._connected.is_set():
@@ -112,3 +104,66 @@ class EventSubscription:
                 failures += 1
                 self._stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
         self._connected.clear()
+
+    def _listen(self):
+        """One connection: bind a fresh queue, consume until stopped or the link fails."""
+        from kombu import Connection, Consumer, Queue
+        from nameko.standalone.events import get_event_exchange
+
+        conn = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=3)
+        try:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            exchange = get_event_exchange(self.source, {})
+            exchange(channel).declare()
+            self.queue_name = f"{self.queue_prefix}-{self.connections + 1}"
+            queue = Queue(self.queue_name, exchange=exchange, routing_key=self.routing_key,
+                          exclusive=True, auto_delete=True, durable=False)
+            consumer = Consumer(channel, queues=[queue], callbacks=[self._on_message],
+                                accept=["json"])
+            consumer.consume()
+            self.connections += 1
+            self.on_bound()
+            self._connected.set()
+            self.last_error = None
+            log.info("listening to %s events on %s", self.source, self.queue_name)
+            # read at least twice per heartbeat, so that heartbeats go out and a silent
+            # broker is noticed on time
+            wait = min(1.0, self.heartbeat / 2)
+            silence = _Silence(conn.connection, self.heartbeat + SILENCE_MARGIN)
+            while not self._stopped.is_set():
+                self.on_idle()
+                try:
+                    conn.drain_events(timeout=wait)
+                except TimeoutError:
+                    pass
+                conn.heartbeat_check()
+                silence.check()
+        except BaseException:
+            conn.collect()  # no closing handshake: the broker may never answer it
+            raise
+        self._connected.clear()
+        try:
+            conn.release()
+        except Exception:  # noqa: BLE001 - stopping: the broker may already be gone
+            conn.collect()
+
+
+class _Silence:
+    """How long the broker has sent nothing on a connection, from py-amqp's byte count (read
+    only); raises once that exceeds ``limit`` seconds. A transport without the count is left
+    to its own heartbeat check."""
+
+    def __init__(self, connection, limit):
+        self.connection, self.limit = connection, limit
+        self.received, self.since = None, time.monotonic()
+
+    def check(self):
+        received = getattr(self.connection, "bytes_recv", None)
+        now = time.monotonic()
+        if received is None or received != self.received:
+            self.received, self.since = received, now
+            return
+        if now - self.since > self.limit:
+            raise ConnectionError(f"nothing from the broker for {now - self.since:.1f}s "
+                                  "(heartbeats missed)")

@@ -1,5 +1,6 @@
-"""The gateway's own health: ``/health/live``, ``/health/ready`` (the broker reachable and
-auth's public keys loaded) and ``/health`` (each dependency with its response time)."""
+"""The gateway's own health: ``/health/live``, ``/health/ready`` (the broker reachable,
+auth's public keys loaded and its ended sessions read once) and ``/health`` (each dependency
+with its response time)."""
 
 import os
 import time
@@ -7,6 +8,7 @@ import time
 from flask import jsonify
 
 from gateway.openapi import API_VERSION
+from shared.errors import PlinthError
 
 __all__ = ["register"]
 
@@ -56,6 +58,30 @@ def _events(state):
     return probe
 
 
+def _revocations(state, ready):
+    """Ended sessions: for readiness, known once (auth's list read at least once); for the
+    detail, kept current by auth's events (else tokens are checked with auth: degraded)."""
+    def probe():
+        listener = state.sessions
+        if listener is None:
+            return True, "disabled: tokens of ended sessions are accepted until they expire"
+        if not listener.ever_synced:
+            try:  # as the key set is fetched by its probe: ready as soon as auth answers
+                listener.ensure_fresh(state.session_check_interval)
+            except PlinthError:
+                pass
+        if listener.in_sync:
+            return True, f"listening; {len(state.revoked)} ended session(s) known"
+        if ready and listener.ever_synced:
+            return True, "known; not listening: tokens checked with auth meanwhile"
+        error = listener.last_error
+        reason = f"{type(error).__name__}" if error else "starting"
+        if not listener.ever_synced:
+            return False, f"never read from auth ({reason}); access tokens refused (503)"
+        return False, f"not listening ({reason}); tokens checked with auth meanwhile"
+    return probe
+
+
 def _registry(state):
     def probe():
         registry = state.view.snapshot()["registry"]
@@ -73,7 +99,8 @@ def register(app, state):
 
     def ready():
         checks = dict(_timed(name, probe) for name, probe in
-                      (("broker", _broker(state)), ("jwks", _jwks(state))))
+                      (("broker", _broker(state)), ("jwks", _jwks(state)),
+                       ("revocations", _revocations(state, ready=True))))
         ok = all(c["status"] == "up" for c in checks.values())
         return jsonify({"status": "ready" if ok else "not ready", "checks": checks}), \
             200 if ok else 503
@@ -81,8 +108,11 @@ def register(app, state):
     def detail():
         checks = dict(_timed(name, probe) for name, probe in
                       (("broker", _broker(state)), ("jwks", _jwks(state)),
-                       ("authz_events", _events(state)), ("registry", _registry(state))))
-        if checks["broker"]["status"] == "down" or checks["jwks"]["status"] == "down":
+                       ("authz_events", _events(state)),
+                       ("revocations", _revocations(state, ready=False)),
+                       ("registry", _registry(state))))
+        if any(checks[name]["status"] == "down" for name in ("broker", "jwks")) or \
+                (state.sessions is not None and not state.sessions.ever_synced):
             status = "unhealthy"
         elif any(c["status"] == "down" for c in checks.values()):
             status = "degraded"

@@ -37,8 +37,13 @@ DEFAULTS = {
     "AUTHZ_CACHE_TTL": 300.0,
     "AUTHZ_TIMEOUT": 3.0,
     "AUTHZ_EVENTS": True,
-    # ended sessions: listen to auth's session.revoked and refuse those sessions' tokens
+    # ended sessions: listen to auth's session.revoked and refuse those sessions' tokens;
+    # while not listening, re-read auth's list of them at most this often (seconds) before
+    # accepting a token
     "SESSION_EVENTS": True,
+    "SESSION_CHECK_INTERVAL": 1.0,
+    # AMQP heartbeat of the event listeners (whole seconds): a dead link is found in ~5 s
+    "EVENTS_HEARTBEAT": 3,
     # rate limits: "N/period[;N/period...]" per class; empty disables that limit
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",

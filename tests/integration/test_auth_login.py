@@ -3,12 +3,20 @@ PostgreSQL."""
 
 import time
 
+import eventlet
 import jwt
 import pytest
+from eventlet.event import Event
 
 from shared.errors import Invalid, TooManyRequests, Unauthorized
 from tests.helpers import STRONG_PASSWORD, new_email, new_user
-from tests.support.auth_helpers import a_client, login, start_platform, user_and_login
+from tests.support.auth_helpers import (
+    a_client,
+    login,
+    start_auth,
+    start_platform,
+    user_and_login,
+)
 from tests.support.events import EventTap
 
 FAST_THROTTLE = {"AUTH_THROTTLE_PAIR_THRESHOLD": 3, "AUTH_THROTTLE_CLIENT_THRESHOLD": 6,
@@ -175,3 +183,46 @@ def test_throttling_relaxes_with_time(start_service, rpc):
         except TooManyRequests:
             assert time.monotonic() < deadline, "the throttle never relaxed"
             time.sleep(0.05)
+
+
+def burst_of_wrong_logins(rpc, email, client, size):
+    """``size`` wrong logins released at the same instant: the statuses they got."""
+    start, statuses = Event(), []
+
+    def attempt(_):
+        start.wait()
+        try:
+            login(rpc, email, password="wrong-password-123", client=client)
+        except Unauthorized:
+            statuses.append(401)
+        except TooManyRequests:
+            statuses.append(429)
+        except Exception as exc:  # noqa: BLE001 - any other answer fails the test, by name
+            statuses.append(f"{type(exc).__name__}: {exc}")
+
+    pool = eventlet.GreenPool(size)
+    for n in range(size):
+        pool.spawn(attempt, n)
+    eventlet.sleep(0.1)  # every attempt waits at the gate
+    start.send()
+    pool.waitall()
+    return statuses
+
+
+def test_a_synchronised_burst_of_wrong_passwords_gets_no_more_checks_than_the_threshold(
+        start_service, rpc, tap):
+    from identity.service import IdentityService
+
+    # a hash of some milliseconds, so that many attempts are inside identity at once
+    start_service(IdentityService, ARGON2_TIME_COST=2, ARGON2_MEMORY_KIB=19456)
+    for _ in range(2):  # two instances of 15 workers each: 30 attempts in flight at once
+        start_auth(start_service, max_workers=15, **FAST_THROTTLE)
+    user, client = new_user(rpc), a_client()
+    statuses = burst_of_wrong_logins(rpc, user["email"], client, 30)
+    checked = tap.wait_for(4, timeout=2.0, event_type="user.login_failed")
+    assert len(statuses) == 30 and set(statuses) <= {401, 429}, statuses
+    # the pair's threshold is 3: three password checks, then the block
+    assert len(checked) == FAST_THROTTLE["AUTH_THROTTLE_PAIR_THRESHOLD"]
+    assert statuses.count(401) == 3 and statuses.count(429) == 27
+    # and the owner still logs in from a client of their own
+    assert login(rpc, user["email"], client=a_client())["access_token"]

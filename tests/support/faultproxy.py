@@ -9,6 +9,7 @@ whatever the test process's event loop is doing. Usable from any test tier:
         proxy.restore()   # accept again
         proxy.delay(0.2)  # add latency to every chunk forwarded
         proxy.stall()     # keep connections open but forward nothing (a hung peer)
+        proxy.blackhole() # silence open connections (half-open) and refuse new ones
 """
 
 import eventlet.patcher
@@ -31,6 +32,7 @@ class FaultProxy:
         self.host, self.port = self.listener.getsockname()
         self._lock = _threading.Lock()
         self._pairs = []
+        self._silenced = set()
         self._up = True
         self._latency = 0.0
         self._stalled = False
@@ -48,6 +50,15 @@ class FaultProxy:
         """Close every open connection abruptly (RST) and refuse new ones until restore()."""
         self._up = False
         self.reset()
+
+    def blackhole(self):
+        """Forward nothing more on the open connections, without closing them: each end sees
+        a half-open connection (as after a host crash or a lost route), which only its own
+        timeouts or heartbeats can find out. New connections are refused until restore();
+        silenced ones stay silent."""
+        self._up = False
+        with self._lock:
+            self._silenced.update(self._pairs)
 
     def restore(self):
         """Accept again, and forward again on connections a stall held."""
@@ -120,6 +131,8 @@ class FaultProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if (client, upstream) in self._silenced:
+                        continue  # swallowed
                     if self._latency:
                         _time.sleep(self._latency)
                     peers[sock].sendall(data)
@@ -131,6 +144,7 @@ class FaultProxy:
             with self._lock:
                 if (client, upstream) in self._pairs:
                     self._pairs.remove((client, upstream))
+                self._silenced.discard((client, upstream))
 
 
 def _abort(sock):

@@ -14,6 +14,7 @@ POLICY = throttle.Policy(pair_threshold=3, client_threshold=6, account_threshold
                          base_delay=1.0, max_delay=60.0, decay_seconds=10.0, known_client_days=30)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HASH_KEY = b"k" * 32
+HOLD = 15.0
 
 
 def at(seconds):
@@ -118,8 +119,9 @@ def fail(sessions, keys, when, policy=POLICY):
 
 
 def check(sessions, keys, when, policy=POLICY):
+    """Would an attempt go ahead now? (Its reservation is rolled back: nothing changes.)"""
     with sessions() as session:
-        throttle.check(session, keys, when, policy)
+        throttle.reserve(session, keys, when, policy, hold=HOLD)
 
 
 def test_account_and_client_pair_is_throttled_after_its_threshold(db):
@@ -199,7 +201,8 @@ def test_success_clears_only_the_pair_counter(db):
     for _ in range(2):
         fail(db, k, at(0))
     with db() as session:
-        throttle.record_success(session, k)
+        throttle.reserve(session, k, at(0), POLICY, hold=HOLD)
+        throttle.release(session, k, at(0), POLICY, success=True)
         session.commit()
         scopes = set(session.scalars(sa.select(LoginThrottle.scope)))
     assert scopes == {"client", "account"}

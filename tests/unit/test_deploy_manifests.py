@@ -220,3 +220,26 @@ def test_secrets_and_config_referenced_by_pods_are_declared():
                 assert ref["name"] == secret["metadata"]["name"]
                 assert ref["key"] in secret["stringData"], (doc["metadata"]["name"], ref["key"])
     assert configmap["data"]["PORT"] == "8000"
+
+
+def test_the_ingress_reaches_the_gateway_and_the_gateway_trusts_exactly_that_proxy():
+    [ingress] = [d for _, d in MANIFESTS if d["kind"] == "Ingress"]
+    [service] = [d for _, d in MANIFESTS
+                 if d["kind"] == "Service" and d["metadata"]["name"] == "gateway"]
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"  # reached through it only
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    backends = [p["backend"]["service"] for rule in ingress["spec"]["rules"]
+                for p in rule["http"]["paths"]]
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert backends and all(b["name"] == "gateway" and b["port"]["name"] in ports
+                            for b in backends)
+    configmap = next(d for _, d in MANIFESTS if d["kind"] == "ConfigMap")
+    # ingress-nginx replaces X-Forwarded-For with the address it sees: one hop to trust
+    assert configmap["data"]["GATEWAY_TRUSTED_PROXIES"] == "1"
+    assert "${GATEWAY_TRUSTED_PROXIES:" in (ROOT / "config" / "gateway.yaml").read_text()
+
+
+def test_compose_publishes_the_gateway_directly_and_so_trusts_no_proxy(compose):
+    gateway = compose["services"]["gateway"]
+    assert gateway["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
+    assert gateway["environment"]["GATEWAY_TRUSTED_PROXIES"] == "${GATEWAY_TRUSTED_PROXIES:-0}"

@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import jwt
 import pytest
 
 from gateway.rpc import RpcTimeout, ServiceNotRunning
@@ -41,6 +42,8 @@ class Services:
         self.calls = []
         self.grants = {}
         self.answers = {("auth", "jwks"): lambda: keys.jwks(),
+                        ("auth", "revoked_sessions"): lambda: {"session_ids": [],
+                                                               "window": 930},
                         ("authz", "effective_permissions"): self._effective}
 
     def _effective(self, user_id):
@@ -78,7 +81,8 @@ def keys():
 
 
 def build(keys, **config):
-    app = make_app(**{"AUTHZ_EVENTS": False, "CORS_ORIGINS": ORIGIN, **config})
+    app = make_app(**{"AUTHZ_EVENTS": False, "SESSION_EVENTS": False, "CORS_ORIGINS": ORIGIN,
+                      **config})
     services = Services(keys)
     app.extensions["plinth"].rpc.backend = services
     return app, services
@@ -527,6 +531,80 @@ def test_health_is_not_ready_without_keys(keys):
     ready = app.test_client().get("/health/ready")
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["jwks"]["status"] == "down"
+    close_app(app)
+
+
+# -- ended sessions while the gateway cannot hear of them ------------------------------------
+NOWHERE = "amqp://guest:guest@127.0.0.1:1/"  # the listener never connects: never in sync
+
+
+def test_ended_sessions_unknown_make_the_gateway_not_ready_and_its_tokens_503(keys):
+    app, services = build(keys, SESSION_EVENTS=True, AMQP_URI=NOWHERE)
+    client = app.test_client()
+    del services.answers[("auth", "revoked_sessions")]  # auth cannot say
+    user_id, token = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user", {**USER, "id": user_id})
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["jwks"]["status"] == "up"
+    assert ready.get_json()["checks"]["revocations"]["status"] == "down"
+    assert_problem(client.get(f"{API}/users/me", headers=bearer(token)), 503, "unavailable")
+    assert client.get("/health").status_code == 503
+    # public routes do not need the check
+    assert client.get("/.well-known/jwks.json").status_code == 200
+    services.answer("auth.revoked_sessions", {"session_ids": [], "window": 930})
+    time.sleep(1.05)  # a failed read is retried after SESSION_CHECK_INTERVAL
+    assert client.get("/health/ready").status_code == 200
+    assert client.get(f"{API}/users/me", headers=bearer(token)).status_code == 200
+    close_app(app)
+
+
+def test_tokens_are_checked_with_auth_at_most_once_per_interval_while_not_listening(keys):
+    app, services = build(keys, SESSION_EVENTS=True, AMQP_URI=NOWHERE,
+                          SESSION_CHECK_INTERVAL=0.3)
+    client = app.test_client()
+    ended = str(uuid.uuid4())
+    services.answer("auth.revoked_sessions", {"session_ids": [ended], "window": 930})
+    user_id, _ = token_for(keys, services, "profile:read")
+    services.answer("identity.get_user", {**USER, "id": user_id})
+    live = keys.token(sub=user_id, sid=str(uuid.uuid4()))
+    body = assert_problem(client.get(f"{API}/users/me",
+                                     headers=bearer(keys.token(sub=user_id, sid=ended))), 401)
+    assert body["reason"] == "revoked"
+    for _ in range(10):
+        assert client.get(f"{API}/users/me", headers=bearer(live)).status_code == 200
+    reads = [c for c in services.calls if (c.service, c.method) == ("auth", "revoked_sessions")]
+    assert len(reads) == 1
+    # a session that ends now is refused once the list is read again
+    services.answer("auth.revoked_sessions", {"session_ids": [ended, live_sid(live)],
+                                              "window": 930})
+    time.sleep(0.35)
+    assert_problem(client.get(f"{API}/users/me", headers=bearer(live)), 401)
+    close_app(app)
+
+
+def live_sid(token):
+    return jwt.decode(token, options={"verify_signature": False})["sid"]
+
+
+def test_x_forwarded_for_while_no_proxy_is_trusted_is_warned_about_once(keys, caplog):
+    app, _ = build(keys)
+    client = app.test_client()
+    with caplog.at_level("WARNING", logger="gateway"):
+        client.get("/health/live")
+        for _ in range(3):
+            client.get("/health/live", headers={"X-Forwarded-For": "203.0.113.9"})
+    warnings = [r for r in caplog.records if "GATEWAY_TRUSTED_PROXIES" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "203.0.113.9" not in warnings[0].getMessage()  # the proxy's peer, not the client
+    close_app(app)
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_is_not_warned_about(keys, caplog):
+    app, _ = build(keys, TRUSTED_PROXIES=1)
+    with caplog.at_level("WARNING", logger="gateway"):
+        app.test_client().get("/health/live", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert not [r for r in caplog.records if "GATEWAY_TRUSTED_PROXIES" in r.getMessage()]
     close_app(app)
 
 
