@@ -1,7 +1,7 @@
 """login_throttle.pending: attempts in flight count against the throttle (issue 14)
 
 Revision ID: 9c2e7a41b5d3
-Revises: 3f6b2c91d0a4
+Revises: c81f5a3e9d02
 Create Date: 2026-12-04 09:00:00
 """
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 
 SCHEMA = "auth"
 revision = '9c2e7a41b5d3'
-down_revision = '3f6b2c91d0a4'
+down_revision = 'c81f5a3e9d02'
 branch_labels = None
 depends_on = None
 
