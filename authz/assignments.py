@@ -73,18 +73,28 @@ def _actor_id(uow):
     return str(actor_id)[:64] if actor_id is not None else None
 
 
-def _other_global_admins(session, user_id):
-    return session.scalar(
-        sa.select(sa.func.count()).select_from(Assignment).where(
-            Assignment.role == ADMIN, Assignment.scope == GLOBAL,
-            Assignment.user_id != user_id))
+def global_admins(uow):
+    """Sorted ids of the users holding ``admin`` globally."""
+    return list(uow.session.scalars(
+        sa.select(Assignment.user_id).where(Assignment.role == ADMIN, Assignment.scope == GLOBAL)
+        .order_by(Assignment.user_id)))
 
 
-def unassign(uow, user_id, role, scope=None):
+def _another_active_admin(session, user_id, is_active):
+    others = session.scalars(
+        sa.select(Assignment.user_id).where(
+            Assignment.role == ADMIN, Assignment.scope == GLOBAL, Assignment.user_id != user_id)
+        .order_by(Assignment.user_id))
+    return any(is_active(other) for other in others)
+
+
+def unassign(uow, user_id, role, scope=None, *, is_active):
     """Take the role from ``user_id`` in that scope; returns whether the user held it.
 
-    The last global administrator keeps the role: removing it would leave nobody able to
-    manage roles (delete that user through identity, or make someone else admin first).
+    The last active global administrator keeps the role: removing it would leave nobody able
+    to manage roles (make someone else admin first). ``is_active(user_id)`` says whether
+    identity counts that user as active (a disabled or deleted admin administers nothing);
+    it raises when identity cannot answer, and then nothing is removed.
     """
     session = uow.session
     effective.lock_user(session, user_id)
@@ -97,9 +107,9 @@ def unassign(uow, user_id, role, scope=None):
         # the one left: lock the admin rows, so the second waits and then counts afresh
         session.execute(sa.select(Assignment.user_id).where(Assignment.role == ADMIN)
                         .with_for_update())
-        if _other_global_admins(session, user_id) == 0:
-            raise Conflict("cannot remove the last administrator; make someone else admin "
-                           "first", {"role": ["last global admin"]})
+        if not _another_active_admin(session, user_id, is_active):
+            raise Conflict("cannot remove the last active administrator; make someone else "
+                           "admin first", {"role": ["last active global admin"]})
     session.delete(assignment)
     session.flush()
     effective.recompute(session, [user_id])

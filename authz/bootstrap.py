@@ -1,27 +1,41 @@
-"""The first administrator: created through identity when missing, then given ``admin``.
+"""The installation's first administrator, made once; and ``make admin``'s promotion.
 
-``ensure_admin`` is shared by the service (``BootstrapAdmin``: at start, from
-``BOOTSTRAP_ADMIN_EMAIL`` / ``BOOTSTRAP_ADMIN_PASSWORD``) and by ``python -m authz.admin``
-(``make admin``). It is idempotent, and safe when several instances run it at once: a lost
-race to create the user is a Conflict from identity (then the user is looked up again), and
-the assignment is serialised per user.
+``bootstrap_admin`` (run at start by ``BootstrapAdmin`` from ``BOOTSTRAP_ADMIN_EMAIL`` /
+``BOOTSTRAP_ADMIN_PASSWORD``) creates a new account through identity and makes it admin, once
+per installation, recorded in authz's ``bootstrap`` table. It never promotes an account it did
+not create: sign-up is public and emails are not verified, so whoever holds the configured
+email may be a stranger who registered it first.
+
+It is safe against crashes and against several instances starting together. The id the new
+user will get is chosen and committed first (``pending``); the rest happens under a lock on
+that row: create the user with that id (identity refuses an id it has seen, naming the id),
+assign ``admin`` and mark the row ``done`` in one transaction. A retry after a crash between
+"user created" and "recorded" finds the user by its id and finishes; a second instance waits
+for the lock and then finds the row done.
+
+``ensure_admin`` is ``python -m authz.admin`` (``make admin``): the operator's deliberate way
+to make an existing account (or a new one) admin.
 """
 
 import logging
 import threading
 
+import sqlalchemy as sa
 from nameko.extensions import DependencyProvider
+from sqlalchemy.exc import IntegrityError
 
-from authz import assignments
-from authz.models import ADMIN
+from authz import assignments, effective
+from authz.models import ADMIN, GLOBAL, Assignment, Bootstrap
 from shared.config import AMQP_URI_KEY, ConfigError, secret, setting
 from shared.context import bind, new_request_id
 from shared.db import Database, UnitOfWork
 from shared.errors import Conflict, Invalid, NotFound
 from shared.health import Health
+from shared.ids import uuid7
 from shared.rpc_client import RpcClient
 
-__all__ = ["ensure_admin", "BootstrapAdmin", "EMAIL_KEY", "PASSWORD_KEY"]
+__all__ = ["bootstrap_admin", "ensure_admin", "BootstrapAdmin", "Refused", "EMAIL_KEY",
+           "PASSWORD_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +44,112 @@ PASSWORD_KEY = "BOOTSTRAP_ADMIN_PASSWORD"
 IDENTITY_TIMEOUT_KEY = "IDENTITY_RPC_TIMEOUT"
 RETRY_MAX_DELAY_KEY = "BOOTSTRAP_RETRY_MAX_DELAY"
 ACTOR_ID = "authz-bootstrap"
+ADMIN_STEP = "admin"
+PENDING, DONE, SKIPPED = "pending", "done", "skipped"
+
+
+class Refused(Exception):
+    """The bootstrap will make nobody admin: the account it would use is not its own."""
 
 
 def system_context():
     return {"request_id": new_request_id(), "actor_type": "system", "actor_id": ACTOR_ID}
 
 
-def ensure_admin(call_identity, uow, email, password=None, display_name="Administrator"):
-    """Make the user with ``email`` a global admin, creating them through identity if missing.
+def _password(password):
+    return password() if callable(password) else password
 
-    ``call_identity(method, **kwargs)`` calls identity over RPC. ``password`` is a string or a
-    callable returning one (asked only when the user must be created); without one a missing
-    user is NotFound. Returns ``{"user", "created_user", "assigned"}``.
+
+# -- the bootstrap ----------------------------------------------------------------------------
+
+def record_intent(uow):
+    """Commit the bootstrap's row (``pending``, with a fresh id for its user) unless there is
+    one: then that row, written by an earlier start or by another instance, is the intent."""
+    session = uow.session
+    if session.get(Bootstrap, ADMIN_STEP) is not None:
+        return
+    stamp = effective.now()
+    session.add(Bootstrap(name=ADMIN_STEP, status=PENDING, user_id=uuid7(), created_at=stamp,
+                          updated_at=stamp))
+    try:
+        uow.commit()
+    except IntegrityError:  # another instance wrote its row first: that one is the intent
+        uow.rollback()
+
+
+def _locked_row(session):
+    """The bootstrap's row, locked until the transaction ends (re-read, not a cached copy)."""
+    return session.scalars(sa.select(Bootstrap).where(Bootstrap.name == ADMIN_STEP)
+                           .with_for_update().execution_options(populate_existing=True)).one()
+
+
+def _another_admin(session, user_id):
+    return session.scalar(sa.select(Assignment.user_id).where(
+        Assignment.role == ADMIN, Assignment.scope == GLOBAL, Assignment.user_id != user_id)
+        .limit(1))
+
+
+def _create_or_recognise(call_identity, user_id, email, password, display_name):
+    """The bootstrap's own user, ``(user, created)``: created now with ``user_id``, or found
+    by that id when an earlier attempt created it. Never an account found by email."""
+    try:
+        user = call_identity("create_user", id=user_id, email=email, display_name=display_name,
+                             password=_password(password))
+        return user, True
+    except Conflict as conflict:
+        try:
+            return call_identity("get_user", user_id=user_id), False
+        except NotFound:
+            if "id" in conflict.details:
+                raise Refused(f"the account this bootstrap created ({user_id}) was deleted "
+                              "before it was made admin") from None
+            raise Refused(f"the email in {EMAIL_KEY} belongs to an account this bootstrap did "
+                          "not create; it is not made admin") from None
+
+
+def bootstrap_admin(call_identity, uow, email, password, display_name="Administrator"):
+    """Create the installation's first administrator, once.
+
+    ``call_identity(method, **kwargs)`` calls identity over RPC; ``password`` is a string or
+    a callable returning one. Returns ``{"status", "user_id", "created_user", "made_admin"}``:
+    ``done`` (``made_admin`` now, or at an earlier start: then identity is not asked anything)
+    or ``skipped`` (an administrator existed already, e.g. from ``make admin``; nobody is
+    promoted). Raises
+    ``Refused`` when the account would not be its own, identity's ``Invalid`` when it refuses
+    the email or password, and whatever else identity or the database raise (retry later).
+    """
+    record_intent(uow)
+    session = uow.session
+    row = _locked_row(session)  # held until the commit: instances starting together take turns
+    if row.status != PENDING:
+        uow.rollback()
+        return {"status": row.status, "user_id": row.user_id, "created_user": False,
+                "made_admin": False}
+    if _another_admin(session, row.user_id) is not None:
+        row.status, row.updated_at = SKIPPED, effective.now()
+        uow.commit()
+        return {"status": SKIPPED, "user_id": None, "created_user": False, "made_admin": False}
+    user, created = _create_or_recognise(call_identity, row.user_id, email, password,
+                                         display_name)
+    row.status, row.updated_at = DONE, effective.now()
+    try:
+        assignments.assign(uow, row.user_id, ADMIN)  # commits the row with the assignment
+    except NotFound:  # authz heard of the user's deletion already
+        raise Refused(f"the account this bootstrap created ({row.user_id}) was deleted before "
+                      "it was made admin") from None
+    uow.commit()
+    return {"status": DONE, "user_id": user["id"], "created_user": created, "made_admin": True}
+
+
+# -- make admin -------------------------------------------------------------------------------
+
+def ensure_admin(call_identity, uow, email, password=None, display_name="Administrator"):
+    """Make the user with ``email`` a global admin, creating them through identity if missing
+    (``make admin``: an operator's deliberate choice, so an existing account is promoted).
+
+    ``password`` is a string or a callable returning one (asked only when the user must be
+    created); without one a missing user is NotFound. Returns ``{"user", "created_user",
+    "assigned"}``.
     """
     created = False
     try:
@@ -51,28 +159,40 @@ def ensure_admin(call_identity, uow, email, password=None, display_name="Adminis
             raise
         try:
             user = call_identity("create_user", email=email, display_name=display_name,
-                                 password=password() if callable(password) else password)
+                                 password=_password(password))
             created = True
-        except Conflict:  # another instance created it a moment ago
+        except Conflict:  # created a moment ago by someone else
             user = call_identity("get_user_by_email", email=email)
     if user.get("status") != "active":
-        log.warning("bootstrap admin %s is %s; making them admin anyway", user["id"],
-                    user.get("status"))
+        log.warning("user %s is %s; making them admin anyway", user["id"], user.get("status"))
     _, assigned = assignments.assign(uow, user["id"], ADMIN)
     uow.commit()
     return {"user": user, "created_user": created, "assigned": assigned}
 
 
+# -- the provider -----------------------------------------------------------------------------
+
+def _describe(error):
+    """An identity refusal in one line, without the values refused."""
+    fields = "; ".join(f"{field}: {', '.join(map(str, problems))}"
+                       if isinstance(problems, list) else f"{field}: {problems}"
+                       for field, problems in error.details.items())
+    return f"{error.message} ({fields})" if fields else error.message
+
+
 class BootstrapAdmin(DependencyProvider):
-    """Runs ``ensure_admin`` once the container runs, retrying until identity answers.
+    """Runs ``bootstrap_admin`` once the container runs, retrying until identity answers.
 
     Config: ``BOOTSTRAP_ADMIN_EMAIL``, ``BOOTSTRAP_ADMIN_PASSWORD`` (a secret: refused when a
     placeholder in production), ``IDENTITY_RPC_TIMEOUT`` (s, default 5),
-    ``BOOTSTRAP_RETRY_MAX_DELAY`` (s, default 10). Its state shows in ``/health``.
+    ``BOOTSTRAP_RETRY_MAX_DELAY`` (s, default 10). ``/health`` shows its state
+    (``bootstrap_admin``: disabled, pending, done, skipped, failed or refused) and, when it
+    failed or was refused, why (``bootstrap_admin_problem``).
     """
 
     def __init__(self):
         self.state = "disabled"
+        self.problem = None
         self.result = None
         self.attempts = 0
         self._stopped = threading.Event()
@@ -89,8 +209,14 @@ class BootstrapAdmin(DependencyProvider):
         self.database = next(d for d in self.container.dependencies if isinstance(d, Database))
         for health in self.container.dependencies:
             if isinstance(health, Health):
-                health.extras.append(lambda: {"bootstrap_admin": self.state})
+                health.extras.append(self.health_info)
         self.state = "pending" if self.email else "disabled"
+
+    def health_info(self):
+        info = {"bootstrap_admin": self.state}
+        if self.problem:
+            info["bootstrap_admin_problem"] = self.problem
+        return info
 
     def start(self):
         if self.email:
@@ -102,6 +228,9 @@ class BootstrapAdmin(DependencyProvider):
 
     def kill(self):
         self._stopped.set()
+
+    def _finish(self, state, problem=None):
+        self.state, self.problem = state, problem
 
     def run(self):
         client = RpcClient(self.amqp_uri, timeout=self.timeout)
@@ -120,16 +249,20 @@ class BootstrapAdmin(DependencyProvider):
                 uow = UnitOfWork(self.database.sessions, self.container.service_name,
                                  dict(context), on_commit=self.database.relay.wake)
                 try:
-                    self.result = ensure_admin(call_identity, uow, self.email, self.password)
-                    self.state = "done"
-                    log.info("bootstrap admin %s is admin (user created: %s, role assigned: "
-                             "%s)", self.result["user"]["id"], self.result["created_user"],
-                             self.result["assigned"])
+                    self.result = bootstrap_admin(call_identity, uow, self.email,
+                                                  self.password)
+                    self._report(self.result)
+                    return
+                except Refused as exc:
+                    self._finish("refused", str(exc))
+                    log.error("bootstrap admin refused: %s. Nobody was made admin; make "
+                              "someone admin with `make admin` (python -m authz.admin)", exc)
                     return
                 except Invalid as exc:  # the email or password itself: retrying cannot help
-                    self.state = "failed"
-                    log.error("bootstrap admin refused by identity: %s %s", exc.message,
-                              exc.details)
+                    self._finish("failed", _describe(exc))
+                    log.error("bootstrap admin refused by identity: %s. Nobody was made "
+                              "admin; fix %s / %s and restart authz", _describe(exc),
+                              EMAIL_KEY, PASSWORD_KEY)
                     return
                 except Exception as exc:  # noqa: BLE001 - identity or the database not up yet
                     log.warning("bootstrap admin attempt %d failed (%s: %s); retrying in "
@@ -141,3 +274,16 @@ class BootstrapAdmin(DependencyProvider):
                 delay = min(self.max_delay, delay * 2)
         finally:
             client.close()
+
+    def _report(self, result):
+        self._finish(result["status"])
+        if result["status"] == SKIPPED:
+            log.warning("bootstrap admin skipped: an administrator exists already; nobody "
+                        "was promoted, and %s is not used again", EMAIL_KEY)
+        elif result["made_admin"]:
+            how = "created" if result["created_user"] else "found by its id (created by an " \
+                "attempt interrupted before it was recorded)"
+            log.info("bootstrap admin %s %s and made admin", result["user_id"], how)
+        else:
+            log.info("bootstrap admin done (user %s); it happens once per installation, so "
+                     "%s is not used again", result["user_id"], EMAIL_KEY)

@@ -91,3 +91,22 @@ class DeletedUser(Base):
 
     user_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
     deleted_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class Bootstrap(Base):
+    """One-time set-up steps of this installation, each a row named after the step.
+
+    ``admin``: the first administrator. Its row is written before the user is created, with
+    the id the user will get (``pending``), so an instance that crashed after identity created
+    the user recognises it on the next start; then ``done`` (that user was made admin) or
+    ``skipped`` (an administrator existed already). Once the row is not pending, the bootstrap
+    never runs again, whatever the configuration says.
+    """
+
+    __tablename__ = "bootstrap"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    user_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    updated_at = mapped_column(UTCDateTime, nullable=False)

@@ -1,8 +1,6 @@
 import logging
 
-import eventlet
 from nameko.dependency_providers import Config
-from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy
 
 from authz import assignments, effective, roles, schemas
@@ -11,10 +9,10 @@ from authz.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.config import setting
 from shared.db import Database
-from shared.errors import Unavailable
+from shared.errors import NotFound
 from shared.events import event_handler
 from shared.ids import is_uuid
-from shared.rpc import load, rpc
+from shared.rpc import call_service, load, rpc
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +86,14 @@ class AuthzService(kernel.ServiceBase):
     def unassign_role(self, user_id, role, scope=None):
         payload = load(schemas.AssignmentSchema(),
                        {"user_id": user_id, "role": role, "scope": scope})
-        return {**payload, "removed": assignments.unassign(self.db, **payload)}
+        removed = assignments.unassign(self.db, **payload, is_active=self._is_active)
+        return {**payload, "removed": removed}
+
+    @rpc
+    def global_admins(self):
+        """Ids of the users holding ``admin`` globally (identity asks before it disables or
+        deletes a user, so that the last active administrator stays)."""
+        return assignments.global_admins(self.db)
 
     @rpc
     def roles_of(self, user_id):
@@ -142,15 +147,17 @@ class AuthzService(kernel.ServiceBase):
             return None
         return subject
 
+    def _get_user(self, user_id):
+        timeout = setting(self.config, IDENTITY_TIMEOUT_KEY, 5.0, float)
+        return call_service("identity", self.identity_rpc.get_user, user_id, timeout=timeout)
+
     def _require_user(self, user_id):
         """identity's NotFound when the user does not exist (or was deleted)."""
-        timeout = setting(self.config, IDENTITY_TIMEOUT_KEY, 5.0, float)
+        self._get_user(user_id)
+
+    def _is_active(self, user_id):
+        """Whether identity counts the user as active (Unavailable when it cannot say)."""
         try:
-            with eventlet.Timeout(timeout):
-                self.identity_rpc.get_user(user_id)
-        except eventlet.Timeout:
-            raise Unavailable(f"identity did not answer within {timeout:g}s; try again",
-                              {"service": "identity"}) from None
-        except UnknownService:
-            raise Unavailable("identity is not running; try again",
-                              {"service": "identity"}) from None
+            return self._get_user(user_id).get("status") == "active"
+        except NotFound:
+            return False

@@ -1,5 +1,8 @@
+import time
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from shared.ids import uuid7_millis
 from shared.schemas import Schema
 
 STATUSES = ("active", "disabled", "deleted")
@@ -8,9 +11,25 @@ TYPES = ("user", "service", "system")
 Email = fields.Email
 email_field = dict(required=True, validate=validate.Length(max=320))
 display_name_field = dict(validate=validate.Length(max=200))
+# how far in the future a caller-chosen id may be dated (clocks of two machines differ a little)
+ID_CLOCK_SKEW_MS = 5 * 60 * 1000
+
+
+def time_ordered_id(value):
+    """A caller-chosen user id must be what identity would have made: a canonical UUIDv7 (ids
+    sort by creation, which paging relies on), not dated in the future."""
+    millis = uuid7_millis(value)
+    if millis is None:
+        raise ValidationError("must be a lower-case UUID version 7")
+    if millis > time.time() * 1000 + ID_CLOCK_SKEW_MS:
+        raise ValidationError("must not be dated in the future")
 
 
 class CreateUserSchema(Schema):
+    # chosen by a trusted caller that must know the id before the user exists (authz's
+    # bootstrap records it first, so a retry after a crash recognises its own user); the
+    # gateway's public sign-up does not accept it
+    id = fields.String(load_default=None, validate=time_ordered_id)
     email = Email(**email_field)
     password = fields.String(load_default=None, validate=validate.Length(max=256))
     display_name = fields.String(load_default="", **display_name_field)

@@ -1,11 +1,16 @@
+from nameko.dependency_providers import Config
+from nameko.rpc import RpcProxy
+
 from identity import schemas, users
 from identity.dependencies import Passwords
 from identity.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
-from shared.rpc import load, rpc
+from shared.rpc import call_service, load, rpc
 
+AUTHZ_TIMEOUT_KEY = "AUTHZ_RPC_TIMEOUT"
 SENSITIVE = ("password", "old_password", "new_password", "data")
 
 
@@ -21,8 +26,10 @@ def _payload(data, fields):
 class IdentityService(kernel.ServiceBase):
     name = "identity"
 
+    config = Config()
     db = Database(Base.metadata)
     passwords = Passwords()
+    authz_rpc = RpcProxy("authz")
 
     @rpc(sensitive_arguments=SENSITIVE)
     def create_user(self, data=None, **fields):
@@ -68,7 +75,9 @@ class IdentityService(kernel.ServiceBase):
 
     @rpc
     def disable_user(self, user_id):
-        return users.to_dict(users.set_status(self.db, user_id, "disabled"))
+        users.check_id(user_id)
+        return users.to_dict(users.set_status(self.db, user_id, "disabled",
+                                              admin_ids=self._global_admins()))
 
     @rpc
     def enable_user(self, user_id):
@@ -76,9 +85,17 @@ class IdentityService(kernel.ServiceBase):
 
     @rpc
     def delete_user(self, user_id):
-        return users.to_dict(users.delete(self.db, user_id))
+        users.check_id(user_id)
+        return users.to_dict(users.delete(self.db, user_id, admin_ids=self._global_admins()))
 
     @rpc(sensitive_arguments=SENSITIVE)
     def verify_credentials(self, email=None, password=None):
         payload = load(schemas.CredentialsSchema(), {"email": email, "password": password})
         return users.to_dict(users.verify(self.db, self.passwords, **payload))
+
+    def _global_admins(self):
+        """Who holds ``admin`` globally, from authz (identity knows no roles). When authz does
+        not answer, the change waits: Unavailable, rather than a guess that could remove the
+        last administrator."""
+        timeout = setting(self.config, AUTHZ_TIMEOUT_KEY, 5.0, float)
+        return call_service("authz", self.authz_rpc.global_admins, timeout=timeout)

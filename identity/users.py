@@ -83,26 +83,45 @@ def email_taken(email):
     return Conflict(f"a user with email {email} already exists", {"email": ["already taken"]})
 
 
-def commit_unique(uow, email, event_type, subject, data):
-    """Emit and commit; the unique email index turns a lost race into a Conflict."""
+def id_taken(user_id):
+    return Conflict(f"a user with id {user_id} exists or existed", {"id": ["already taken"]})
+
+
+def _id_exists(uow, user_id):
+    """Whether a user (deleted ones included) has ever had this id."""
+    return uow.session.scalar(sa.select(sa.func.count()).select_from(User)
+                              .where(User.id == user_id)) > 0
+
+
+def commit_unique(uow, email, event_type, subject, data, new_id=None):
+    """Emit and commit; the unique indexes turn a lost race into a Conflict (on the id when
+    the caller chose a ``new_id`` another transaction took, else on the email)."""
     try:
         uow.session.flush()
         uow.emit(event_type, subject, data)
         uow.commit()
     except IntegrityError:
         uow.rollback()
+        if new_id is not None and _id_exists(uow, new_id):
+            raise id_taken(new_id) from None
         raise email_taken(email) from None
 
 
 def create(uow, hasher, data):
+    """A new active user. ``data["id"]``, when a caller chose it, must never have been used:
+    an id seen before (even of a deleted user) is a Conflict on ``id``, checked before the
+    email, so a caller retrying its own creation learns that it happened."""
     email = data["email"].strip()
     if data.get("password") is not None:
         require_password(hasher, data["password"], email)
+    chosen_id = data.get("id")
+    if chosen_id is not None and _id_exists(uow, chosen_id):
+        raise id_taken(chosen_id)
     if by_email(uow, email) is not None:
         raise email_taken(email)
     stamp = now()
     user = User(
-        id=uuid7(), email=email, email_normalized=normalise_email(email),
+        id=chosen_id or uuid7(), email=email, email_normalized=normalise_email(email),
         display_name=data.get("display_name") or "", status="active",
         type=data.get("type", "user"),
         password_hash=hasher.hash(data["password"]) if data.get("password") else None,
@@ -110,7 +129,7 @@ def create(uow, hasher, data):
         password_changed_at=stamp if data.get("password") else None,
     )
     uow.session.add(user)
-    commit_unique(uow, email, "user.created", user.id, public_fields(user))
+    commit_unique(uow, email, "user.created", user.id, public_fields(user), new_id=chosen_id)
     return user
 
 
@@ -157,7 +176,32 @@ def change_password(uow, hasher, user_id, old_password, new_password):
     return set_password(uow, hasher, user_id, new_password, by="self")
 
 
-def set_status(uow, user_id, status):
+def keep_an_administrator(uow, user_id, admin_ids):
+    """Refuse (Conflict) to disable or delete the last active administrator.
+
+    ``admin_ids``: who holds ``admin`` globally, as authz says. Every administrator's row is
+    locked, in id order, before any is counted: two transactions disabling two administrators
+    at once take turns, and the second counts what the first committed. Call it before
+    locking the user's own row, so that the locks are always taken in the same order.
+    """
+    admin_ids = sorted(set(admin_ids))
+    if user_id not in admin_ids:
+        return
+    rows = uow.session.execute(sa.select(User.id, User.status).where(User.id.in_(admin_ids))
+                               .order_by(User.id).with_for_update()).all()
+    status = {row.id: row.status for row in rows}
+    if status.get(user_id) != "active":
+        return  # not an active administrator: disabling or deleting them takes none away
+    if not any(s == "active" for uid, s in status.items() if uid != user_id):
+        raise Conflict("this is the last active administrator; make someone else admin "
+                       "first", {"user_id": ["last active administrator"]})
+
+
+def set_status(uow, user_id, status, admin_ids=()):
+    """Enable or disable; disabling the last active administrator is refused."""
+    check_id(user_id)
+    if status == "disabled":
+        keep_an_administrator(uow, user_id, admin_ids)
     user = get(uow, user_id, lock=True)
     if user.status == status:
         return user
@@ -170,8 +214,11 @@ def set_status(uow, user_id, status):
     return user
 
 
-def delete(uow, user_id):
-    """Soft delete: the row stays (ids in audit still resolve) with personal data scrubbed."""
+def delete(uow, user_id, admin_ids=()):
+    """Soft delete: the row stays (ids in audit still resolve) with personal data scrubbed.
+    Deleting the last active administrator is refused."""
+    check_id(user_id)
+    keep_an_administrator(uow, user_id, admin_ids)
     user = get(uow, user_id, lock=True)
     stamp = now()
     user.email = user.email_normalized = f"deleted-{user.id}@deleted.invalid"

@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 
-__all__ = ["uuid7", "is_uuid"]
+__all__ = ["uuid7", "is_uuid", "uuid7_millis"]
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -25,3 +25,14 @@ def uuid7():
 def is_uuid(value):
     """True for a canonical lower-case UUID string (any version)."""
     return isinstance(value, str) and bool(_UUID.match(value))
+
+
+def uuid7_millis(value):
+    """The Unix time in milliseconds a canonical UUIDv7 string carries, or None when ``value``
+    is not one (another version, another variant, not canonical)."""
+    if not is_uuid(value):
+        return None
+    parsed = uuid.UUID(value)
+    if parsed.version != 7 or parsed.variant != uuid.RFC_4122:
+        return None
+    return parsed.int >> 80

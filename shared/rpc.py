@@ -5,6 +5,7 @@ import sys
 import uuid
 
 import amqp
+import eventlet
 import kombu.serialization
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from eventlet import patcher
@@ -19,14 +20,14 @@ from nameko.constants import (
     LOGIN_METHOD_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY,
 )
-from nameko.exceptions import UnserializableValueError, serialize
+from nameko.exceptions import UnknownService, UnserializableValueError, serialize
 from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 from nameko.rpc import Rpc as _NamekoRpc
 
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 from shared.rpc_client import amqp_connection_params
 
-__all__ = ["Rpc", "rpc", "load", "dump"]
+__all__ = ["Rpc", "rpc", "load", "dump", "call_service"]
 
 log = logging.getLogger(__name__)
 # the real select, for a poll that must not hand over to eventlet's hub
@@ -226,3 +227,24 @@ def load(schema, data, partial=None):
 
 def dump(schema, obj, many=False):
     return schema.dump(obj, many=many)
+
+
+def call_service(service, method, *args, timeout, **kwargs):
+    """Call ``method`` (an attribute of a nameko ``RpcProxy`` to ``service``) and wait at most
+    ``timeout`` seconds. nameko's in-service proxy has no timeout of its own: a service that
+    does not answer in time, or has no instance running, is ``Unavailable`` (retry shortly),
+    never a hang. The service's own typed errors reach the caller as themselves.
+    """
+    timer = eventlet.Timeout(timeout)
+    try:
+        return method(*args, **kwargs)
+    except eventlet.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise Unavailable(f"{service} did not answer within {timeout:g}s; try again",
+                          {"service": service}) from None
+    except UnknownService:
+        raise Unavailable(f"{service} is not running; try again",
+                          {"service": service}) from None
+    finally:
+        timer.cancel()

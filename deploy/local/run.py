@@ -11,6 +11,7 @@ Every port and address can be changed through the environment (see ``Settings``)
 in SQLite files under var/ unless ``<SERVICE>_DB_URI`` points elsewhere.
 """
 
+import json
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ def discover_services(root=ROOT):
 DEFAULT_PORTS = discover_services()
 SERVICES = tuple(DEFAULT_PORTS)
 READY_TIMEOUT = float(os.environ.get("PLINTH_READY_TIMEOUT", "90"))
+BOOTSTRAP_TIMEOUT = float(os.environ.get("PLINTH_BOOTSTRAP_TIMEOUT", "30"))
 STOP_TIMEOUT = 20.0
 
 
@@ -85,6 +88,7 @@ class Platform:
         self.settings = settings
         self.processes = []
         self.started_rabbitmq = False
+        self.bootstrap = {}
         self.logs = settings.var / "run"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -205,6 +209,37 @@ class Platform:
         say(f"starting {', '.join(SERVICES)} (nameko run)")
         self.wait_ready(started)
 
+    def check_bootstrap(self):
+        """Wait for authz's bootstrap of the administrator to settle and say plainly when it
+        made nobody admin (a refused password or email is otherwise one line in a log)."""
+        s = self.settings
+        url = f"http://{s.host}:{s.port('authz')}/health"
+        deadline = time.monotonic() + BOOTSTRAP_TIMEOUT
+        report = _json(url) or {}
+        while report.get("bootstrap_admin", "pending") == "pending" \
+                and time.monotonic() < deadline:
+            time.sleep(0.25)
+            report = _json(url) or report
+        self.bootstrap = report
+        state = report.get("bootstrap_admin", "pending")
+        if state in ("failed", "refused"):
+            for line in self.no_admin_lines():
+                say(line)
+        elif state == "pending":
+            say(f"the administrator is not created yet: authz is still trying (see "
+                f"{self.logs / 'authz.log'})")
+        elif state == "skipped":
+            say("an administrator existed already: the bootstrap administrator was not created")
+
+    def no_admin_lines(self):
+        s = self.settings
+        why = self.bootstrap.get("bootstrap_admin_problem") or "see the authz log"
+        return [
+            f"NO ADMINISTRATOR: authz did not create {s.admin_email}: {why}.",
+            "  Fix BOOTSTRAP_ADMIN_PASSWORD / BOOTSTRAP_ADMIN_EMAIL and run `make run` again, or "
+            "make one with `make admin EMAIL=you@example.com`.",
+        ]
+
     def start_gateway(self):
         s = self.settings
         env = self.base_env()
@@ -225,6 +260,13 @@ class Platform:
         login = ("curl -s -X POST " + base + "/api/v1/auth/login -H 'Content-Type: "
                  f"application/json' -d \"{{\\\"email\\\": \\\"{s.admin_email}\\\", "
                  "\\\"password\\\": \\\"$(cat " + str(password_file or "…") + ")\\\"}\"")
+        state = self.bootstrap.get("bootstrap_admin")
+        if state in ("failed", "refused"):
+            admin = [*(f"plinth: {line}" for line in self.no_admin_lines())]
+        elif state == "skipped":
+            admin = ["Administrator: one existed already (the bootstrap created nobody)."]
+        else:
+            admin = [f"Administrator: {s.admin_email} ({where}). Log in with:", f"  {login}"]
         lines = [
             "",
             "Plinth is running.",
@@ -236,8 +278,7 @@ class Platform:
             *(f"  {svc:<11} http://{s.host}:{s.port(svc)}/health" for svc in SERVICES),
             f"  logs        {self.logs}/",
             "",
-            f"Administrator: {s.admin_email} ({where}). Log in with:",
-            f"  {login}",
+            *admin,
             "",
             "Ctrl-C stops everything.",
         ]
@@ -289,6 +330,20 @@ def _ok(url):
         return False
 
 
+def _json(url):
+    """The JSON body at ``url`` (a service's /health answers 503 with one too), or None."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            return json.loads(error.read())
+        except ValueError:
+            return None
+    except Exception:  # noqa: BLE001 - not answering yet
+        return None
+
+
 def _listening(host, port):
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -318,6 +373,7 @@ def main():
         platform.migrate()
         platform.start_consul()
         platform.start_services()
+        platform.check_bootstrap()
         platform.start_gateway()
         platform.banner()
         code = platform.watch()

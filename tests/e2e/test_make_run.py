@@ -51,27 +51,42 @@ def _post(url, body):
 
 
 @pytest.fixture
-def launcher(amqp_uri, tmp_path):
-    ports = {f"{s.upper()}_PORT": str(find_free_port()) for s in SERVICES}
-    env = dict(os.environ, PLINTH_VAR_DIR=str(tmp_path), AMQP_URI=amqp_uri,
-               GATEWAY_PORT=str(find_free_port()), CONSUL_PORT=str(find_free_port()),
-               ARGON2_MEMORY_KIB="1024", ARGON2_TIME_COST="1", PYTHONPATH=str(ROOT), **ports)
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.local.run"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if line.startswith("Ctrl-C stops everything"):
-            break
-    yield proc, env, "".join(output)
-    if proc.poll() is None:
-        proc.kill()
-        for pid in _children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+def start_launcher(amqp_uri, tmp_path):
+    """Start `make run`'s launcher with ``extra`` environment; (process, env, output up to
+    its banner)."""
+    started = []
+
+    def start(**extra):
+        ports = {f"{s.upper()}_PORT": str(find_free_port()) for s in SERVICES}
+        env = dict(os.environ, PLINTH_VAR_DIR=str(tmp_path), AMQP_URI=amqp_uri,
+                   GATEWAY_PORT=str(find_free_port()), CONSUL_PORT=str(find_free_port()),
+                   ARGON2_MEMORY_KIB="1024", ARGON2_TIME_COST="1", PYTHONPATH=str(ROOT),
+                   **ports, **extra)
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.local.run"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        output = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        return proc, env, "".join(output)
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            for pid in _children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launcher(start_launcher):
+    return start_launcher()
 
 
 def test_make_run_starts_everything_serves_and_stops_cleanly_on_ctrl_c(launcher, tmp_path):
@@ -120,6 +135,22 @@ def test_make_run_starts_everything_serves_and_stops_cleanly_on_ctrl_c(launcher,
     for service in SERVICES:
         log = (tmp_path / "run" / f"{service}.log").read_text()
         assert "deregistered" in log, f"{service} did not deregister on the way out"
+
+
+def test_make_run_says_plainly_when_the_bootstrap_password_is_refused(start_launcher):
+    proc, env, output = start_launcher(BOOTSTRAP_ADMIN_PASSWORD="tooshort")
+    assert "Plinth is running." in output, output
+    lines = [line for line in output.splitlines() if "NO ADMINISTRATOR" in line]
+    # said when authz refused it, and again in the banner, with the reason and what to do
+    assert len(lines) == 2, output
+    assert lines[0] == ("plinth: NO ADMINISTRATOR: authz did not create admin@plinth.local: "
+                        "password does not meet the password policy (password: must be at "
+                        "least 10 characters).")
+    assert "make admin EMAIL=" in output and "Log in with" not in output
+    assert "tooshort" not in output
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
 
 
 def test_make_run_names_a_service_that_fails_to_start(launcher_env_broken):

@@ -7,6 +7,7 @@ from kombu import Connection
 
 from audit import entries
 from audit.service import AuditService
+from authz.service import AuthzService
 from identity.service import IdentityService
 from tests.helpers import new_user
 from tests.support.audit_helpers import (
@@ -29,6 +30,7 @@ def publisher(amqp_uri):
 def test_identity_events_land_in_the_trail_with_their_context(start_service, rpc):
     start_service(AuditService)
     start_service(IdentityService)
+    start_service(AuthzService)  # identity asks it who the administrators are, to disable
     user = new_user(rpc)
     rpc.call("identity", "disable_user", [user["id"]],
              context={"request_id": "req-audit-ctx-1", "actor_type": "user",

@@ -7,9 +7,10 @@ import eventlet
 import pytest
 import sqlalchemy as sa
 
+from authz.service import AuthzService
 from identity.service import IdentityService
 from shared.db import make_engine
-from shared.errors import Conflict, Invalid, NotFound, Unauthorized
+from shared.errors import Conflict, Invalid, NotFound, Unauthorized, Unavailable
 from tests.helpers import OTHER_PASSWORD, STRONG_PASSWORD, new_email
 from tests.support.events import EventTap
 
@@ -21,6 +22,7 @@ CONTEXT = {"request_id": "req-identity-it", "actor_type": "user", "actor_id": "a
 def identity(request, start_service, tmp_path, pg_uri):
     db_uri = pg_uri if request.param == "postgresql" else f"sqlite:///{tmp_path}/identity.db"
     container = start_service(IdentityService, DB_URI=db_uri)
+    start_service(AuthzService)  # asked who the administrators are, to disable or delete
     container.db_uri = db_uri
     return container
 
@@ -68,6 +70,8 @@ def test_read_methods_return_what_was_written(identity, rpc):
     ("create_user", (), {"email": new_email(), "password": "password"}),
     ("create_user", ("not-a-dict",), {}),
     ("create_user", (), {"email": new_email(), "password": STRONG_PASSWORD, "role": "admin"}),
+    ("create_user", (), {"id": "4f9c2d5e-8b1a-4c3d-9e7f-0a1b2c3d4e5f", "email": new_email(),
+                         "password": STRONG_PASSWORD}),
     ("get_user", ("x" * 5000,), {}),
     ("get_user", ({"id": 1},), {}),
     ("get_user_by_email", (["a@b.c"],), {}),
@@ -158,3 +162,82 @@ def test_a_deleted_user_is_gone_from_reads_but_its_id_still_resolves_in_storage(
     deleted = call(rpc, "list_users", status="deleted", limit=200)["items"]
     assert user["id"] in [u["id"] for u in deleted]
     assert all(email not in str(u) for u in deleted)
+
+
+# -- the last administrator -------------------------------------------------------------------
+
+@pytest.fixture
+def platform(fresh_pg_uri, start_service):
+    """identity and authz on a database of their own: no administrator from other tests."""
+    start_service(IdentityService, DB_URI=fresh_pg_uri)
+    start_service(AuthzService, DB_URI=fresh_pg_uri)
+
+
+def new_admins(rpc, count):
+    ids = [call(rpc, "create_user", email=new_email("adm"), password=STRONG_PASSWORD)["id"]
+           for _ in range(count)]
+    for user_id in ids:
+        rpc.call("authz", "assign_role", [user_id, "admin"])
+    return ids
+
+
+def status_of(rpc, user_id):
+    try:
+        return call(rpc, "get_user", user_id)["status"]
+    except NotFound:
+        return "deleted"
+
+
+@pytest.mark.parametrize("method", ["disable_user", "delete_user"])
+def test_the_last_active_admin_can_be_neither_disabled_nor_deleted(platform, rpc, method):
+    [admin] = new_admins(rpc, 1)
+    with pytest.raises(Conflict) as info:
+        call(rpc, method, admin)
+    assert info.value.details == {"user_id": ["last active administrator"]}
+    assert status_of(rpc, admin) == "active"
+    # with a second active administrator, the first can go
+    [second] = new_admins(rpc, 1)
+    call(rpc, method, admin)
+    with pytest.raises(Conflict):
+        call(rpc, method, second)
+
+
+def test_a_disabled_admin_is_no_administrator_for_either_guard(platform, rpc):
+    active, disabled = new_admins(rpc, 2)
+    call(rpc, "disable_user", disabled)
+    with pytest.raises(Conflict):
+        call(rpc, "disable_user", active)
+    with pytest.raises(Conflict):  # authz's guard asks identity who is active
+        rpc.call("authz", "unassign_role", [active, "admin"])
+    assert rpc.call("authz", "global_admins") == sorted([active, disabled])
+
+
+def test_two_admins_disabled_or_deleted_at_once_leave_one_active_admin(platform, rpc):
+    [survivor] = new_admins(rpc, 1)
+    pool = eventlet.GreenPool(2)
+    for method in ["disable_user", "delete_user"] * 3:
+        [other] = new_admins(rpc, 1)
+
+        def attempt(user_id, method=method):
+            try:
+                call(rpc, method, user_id)
+                return "gone"
+            except Conflict:
+                return "kept"
+
+        outcome = dict(zip([survivor, other], pool.imap(attempt, [survivor, other]),
+                           strict=True))
+        assert sorted(outcome.values()) == ["gone", "kept"], outcome
+        [survivor] = [uid for uid, result in outcome.items() if result == "kept"]
+        assert status_of(rpc, survivor) == "active"
+
+
+def test_without_authz_disabling_or_deleting_waits_and_changes_nothing(fresh_pg_uri,
+                                                                       start_service, rpc):
+    start_service(IdentityService, DB_URI=fresh_pg_uri, AUTHZ_RPC_TIMEOUT=1)
+    user = call(rpc, "create_user", email=new_email(), password=STRONG_PASSWORD)
+    for method in ("disable_user", "delete_user"):
+        with pytest.raises(Unavailable) as info:
+            call(rpc, method, user["id"])
+        assert info.value.details == {"service": "authz"}
+    assert status_of(rpc, user["id"]) == "active"

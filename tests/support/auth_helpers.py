@@ -25,10 +25,13 @@ def start_auth(start_service, **overrides):
 
 
 def start_platform(start_service, **auth_overrides):
-    """identity and auth, as a login needs both."""
+    """identity, authz and auth: a login needs identity and auth, and identity asks authz who
+    the administrators are before it disables or deletes a user."""
+    from authz.service import AuthzService
     from identity.service import IdentityService
 
     start_service(IdentityService)
+    start_service(AuthzService)
     return start_auth(start_service, **auth_overrides)
 
 

@@ -46,6 +46,7 @@ class FakeIdentity:
 
     def __init__(self):
         self.known = set()
+        self.disabled = set()
         self.failure = None
 
     def get_user(self, user_id):
@@ -53,7 +54,7 @@ class FakeIdentity:
             raise self.failure
         if user_id not in self.known:
             raise NotFound(f"user {user_id} not found", {"user_id": user_id})
-        return {"id": user_id, "status": "active"}
+        return {"id": user_id, "status": "disabled" if user_id in self.disabled else "active"}
 
 
 @pytest.fixture
@@ -525,12 +526,58 @@ def test_the_last_global_admin_cannot_be_unassigned(svc, user, engine):
     svc.assign_role(first, "admin")
     with pytest.raises(Conflict) as info:
         svc.unassign_role(first, "admin")
-    assert "last administrator" in info.value.message
+    assert "last active administrator" in info.value.message
     assert svc.check(first, "anything:at-all")
     svc.assign_role(second, "admin")
     assert svc.unassign_role(first, "admin")["removed"] is True
     assert not svc.check(first, "anything:at-all")
     assert len(events(engine, "role.unassigned")) == 1
+
+
+@pytest.mark.parametrize("gone", ["disabled", "deleted"])
+def test_a_disabled_or_deleted_admin_does_not_count_as_the_one_left(svc, user, identity,
+                                                                     engine, gone):
+    active, other = user(), user()
+    svc.assign_role(active, "admin")
+    svc.assign_role(other, "admin")
+    if gone == "disabled":
+        identity.disabled.add(other)
+    else:
+        identity.known.discard(other)  # identity answers NotFound for a deleted user
+    with pytest.raises(Conflict) as info:
+        svc.unassign_role(active, "admin")
+    assert info.value.details == {"role": ["last active global admin"]}
+    assert svc.check(active, "anything:at-all")
+    assert events(engine, "role.unassigned") == []
+
+
+def test_taking_admin_away_waits_for_identity_when_it_cannot_say_who_is_active(svc, user,
+                                                                              identity, engine):
+    first, second = user(), user()
+    svc.assign_role(first, "admin")
+    svc.assign_role(second, "admin")
+    identity.failure = UnknownService("identity")
+    with pytest.raises(Unavailable):
+        svc.unassign_role(first, "admin")
+    assert svc.check(first, "anything:at-all")
+    assert events(engine, "role.unassigned") == []
+
+
+def test_scoped_admin_and_other_roles_are_not_guarded_and_ask_identity_nothing(svc, user,
+                                                                              identity):
+    holder = user()
+    svc.assign_role(holder, "admin", scope="billing")
+    identity.failure = UnknownService("identity")
+    assert svc.unassign_role(holder, "admin", scope="billing")["removed"] is True
+
+
+def test_global_admins_lists_only_global_admin_holders(svc, user):
+    first, second, scoped, plain = user(), user(), user(), user()
+    for holder in (second, first):
+        svc.assign_role(holder, "admin")
+    svc.assign_role(scoped, "admin", scope="billing")
+    svc.assign_role(plain, "user")
+    assert svc.global_admins() == sorted([first, second])
 
 
 # -- identity's events ------------------------------------------------------------------------

@@ -1,5 +1,10 @@
+import time
+import uuid
+
+import eventlet
 import pytest
 import sqlalchemy as sa
+from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy.orm import sessionmaker
 
@@ -7,7 +12,8 @@ from identity.models import Base
 from identity.passwords import Hasher, policy_problems
 from identity.service import IdentityService
 from shared.db import UnitOfWork, make_engine
-from shared.errors import Conflict, Invalid, NotFound, Unauthorized
+from shared.errors import Conflict, Invalid, NotFound, Unauthorized, Unavailable
+from shared.ids import uuid7
 from tests.helpers import OTHER_PASSWORD, STRONG_PASSWORD, new_email
 
 MISSING_ID = "01a2027a-ff4c-769f-ace0-e4616e33fb07"
@@ -34,9 +40,30 @@ def hasher():
     return Hasher(time_cost=1, memory_kib=1024, parallelism=1)
 
 
+class FakeAuthz:
+    """Stands in for the authz service (another service, not our broker or database)."""
+
+    def __init__(self):
+        self.admins = []
+        self.failure = None
+        self.calls = 0
+
+    def global_admins(self):
+        self.calls += 1
+        if self.failure:
+            raise self.failure
+        return list(self.admins)
+
+
 @pytest.fixture
-def identity(uow, hasher):
-    return worker_factory(IdentityService, db=uow, passwords=hasher)
+def authz():
+    return FakeAuthz()
+
+
+@pytest.fixture
+def identity(uow, hasher, authz):
+    return worker_factory(IdentityService, db=uow, passwords=hasher, authz_rpc=authz,
+                          config={"AUTHZ_RPC_TIMEOUT": 0.5})
 
 
 def events(engine):
@@ -203,6 +230,118 @@ def test_delete_user_scrubs_personal_data_and_frees_the_email(identity, engine):
     assert identity.create_user(email=email, password=STRONG_PASSWORD)["id"] != user["id"]
     deleted_event = [e for e in events(engine) if e["event_type"] == "user.deleted"][0]
     assert deleted_event["data"] == {}
+
+
+# -- the last administrator -------------------------------------------------------------------
+
+def new_users(identity, count):
+    return [identity.create_user(email=new_email("adm"), password=STRONG_PASSWORD)["id"]
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("method", ["disable_user", "delete_user"])
+def test_the_last_active_admin_cannot_be_disabled_or_deleted(identity, authz, engine, method):
+    admin, other = new_users(identity, 2)
+    authz.admins = [admin]
+    before = len(events(engine))
+    with pytest.raises(Conflict) as info:
+        getattr(identity, method)(admin)
+    assert info.value.details == {"user_id": ["last active administrator"]}
+    assert identity.get_user(admin)["status"] == "active"
+    assert len(events(engine)) == before
+    getattr(identity, method)(other)  # anyone else: as before
+
+
+@pytest.mark.parametrize("method", ["disable_user", "delete_user"])
+def test_an_admin_goes_while_another_active_admin_remains(identity, authz, method):
+    first, second = new_users(identity, 2)
+    authz.admins = [first, second]
+    getattr(identity, method)(first)
+    with pytest.raises(Conflict):
+        getattr(identity, method)(second)
+
+
+def test_a_disabled_admin_does_not_count_as_the_one_left(identity, authz):
+    active, disabled = new_users(identity, 2)
+    identity.disable_user(disabled)  # not an admin yet
+    authz.admins = [active, disabled]
+    with pytest.raises(Conflict):
+        identity.disable_user(active)
+    with pytest.raises(Conflict):
+        identity.delete_user(active)
+    # a disabled admin can still be deleted: it takes no active administrator away
+    assert identity.delete_user(disabled)["status"] == "deleted"
+
+
+@pytest.mark.parametrize("failure", [UnknownService("authz"), "hang"])
+def test_disabling_or_deleting_waits_when_authz_cannot_say_who_the_admins_are(
+        identity, authz, engine, failure):
+    [user_id] = new_users(identity, 1)
+    if failure == "hang":
+        authz.global_admins = lambda: eventlet.sleep(5)
+    else:
+        authz.failure = failure
+    before = len(events(engine))
+    for method in ("disable_user", "delete_user"):
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            getattr(identity, method)(user_id)
+        assert info.value.details == {"service": "authz"}
+        assert time.monotonic() - started < 2
+    assert identity.get_user(user_id)["status"] == "active"
+    assert len(events(engine)) == before
+
+
+@pytest.mark.parametrize("method", ["disable_user", "delete_user"])
+def test_a_malformed_id_is_refused_before_authz_is_asked(identity, authz, method):
+    with pytest.raises(Invalid):
+        getattr(identity, method)("not-a-uuid")
+    assert authz.calls == 0
+
+
+# -- a caller-chosen id -----------------------------------------------------------------------
+
+def test_a_caller_may_choose_the_new_users_id(identity, engine):
+    chosen = uuid7()
+    user = identity.create_user(id=chosen, email=new_email(), password=STRONG_PASSWORD)
+    assert user["id"] == chosen and identity.get_user(chosen)["email"] == user["email"]
+    assert events(engine)[-1]["subject"] == chosen
+
+
+def future_uuid7():
+    value = uuid.UUID(uuid7()).int
+    millis = (value >> 80) + 24 * 3600 * 1000
+    return str(uuid.UUID(int=(value & ((1 << 80) - 1)) | (millis << 80)))
+
+
+@pytest.mark.parametrize("bad_id", [
+    "not-a-uuid", 42, "", str(uuid.uuid4()), uuid7().upper(), "{" + uuid7() + "}",
+    "00000000-0000-0000-0000-000000000000", future_uuid7(),
+])
+def test_a_chosen_id_must_be_a_time_ordered_uuid_not_from_the_future(identity, engine, bad_id):
+    with pytest.raises(Invalid) as info:
+        identity.create_user(id=bad_id, email=new_email(), password=STRONG_PASSWORD)
+    assert "id" in info.value.details
+    assert user_count(engine) == 0
+
+
+def test_a_chosen_id_used_before_is_a_conflict_on_the_id_even_after_deletion(identity, engine):
+    chosen = uuid7()
+    email = new_email()
+    identity.create_user(id=chosen, email=email, password=STRONG_PASSWORD)
+    # the same id again: the id is named, before the email (a retry learns it was created)
+    with pytest.raises(Conflict) as info:
+        identity.create_user(id=chosen, email=email, password=STRONG_PASSWORD)
+    assert info.value.details == {"id": ["already taken"]}
+    identity.delete_user(chosen)
+    with pytest.raises(Conflict) as info:
+        identity.create_user(id=chosen, email=new_email(), password=STRONG_PASSWORD)
+    assert info.value.details == {"id": ["already taken"]}
+    # a fresh id with a taken email: the email is named
+    taken = identity.create_user(email=new_email(), password=STRONG_PASSWORD)["email"]
+    with pytest.raises(Conflict) as info:
+        identity.create_user(id=uuid7(), email=taken, password=STRONG_PASSWORD)
+    assert info.value.details == {"email": ["already taken"]}
 
 
 def test_list_users_pages_with_a_cursor_and_filters(identity):
