@@ -102,7 +102,7 @@ NAME = re.compile(r"^([a-z][a-z0-9_]{0,39})\.([a-z][a-z0-9_]{0,39})\.([a-z][a-z0
 SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|hash)",
                          re.IGNORECASE)
 
-_DECLARED = {}  # service name -> task names a handler of this process declares
+_DECLARED = {}  # service name -> task names of the handlers this process imported
 _TABLES = {}
 
 
@@ -621,6 +621,9 @@ class TaskEntrypoint(Entrypoint):
         self.name = name
         self.max_attempts = max_attempts
         self.every = every
+        # declared when the handler's code is imported, so that any process holding it (a
+        # script, a test) may dispatch the task, not only a running container
+        _DECLARED.setdefault(name.split(".", 1)[0], set()).add(name)
         super().__init__(**kwargs)
 
     def setup(self):
@@ -630,7 +633,6 @@ class TaskEntrypoint(Entrypoint):
                              f"tasks named after it ({service}.<entity>.<request>)")
         self.backoff = Backoff.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
-        _DECLARED.setdefault(service, set()).add(self.name)
         self.consumer.register_provider(self)
 
     def stop(self):
