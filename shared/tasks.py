@@ -59,6 +59,7 @@ from functools import partial
 import sqlalchemy as sa
 from eventlet.event import Event
 from kombu import Connection, Exchange, Queue
+from nameko.exceptions import ContainerBeingKilled
 from nameko.exceptions import registry as _nameko_remote_errors
 from nameko.extensions import Entrypoint, ProviderCollector, SharedExtension
 from nameko.messaging import QueueConsumer
@@ -269,11 +270,13 @@ def add(session, service, name, data=None, context_data=None, delay=None, eta=No
 def relay_publish(publisher, env, body):
     """Send an outbox row holding a task to its service's queue (used by ``outbox.Relay``).
 
-    Returns what ``ConfirmedPublisher.publish`` does: False when unroutable (the task queue
-    does not exist yet: its service never started), so the row waits.
+    Returns what ``ConfirmedPublisher.publish`` does (False when unroutable: the row waits).
     """
     name = env["task_type"]
     topology = TaskTopology(name.split(".", 1)[0])
+    # the owner's queue is declared here too: a task sent before its service ever started
+    # waits in that queue rather than in the outbox, and a delayed one has a queue to return to
+    declare = [topology.queue]
     headers = {**outbox.headers_for(env), TASK_HEADER: name}
     properties = {"content_type": "application/json", "content_encoding": "utf-8",
                   "message_id": env["task_id"]}
@@ -285,9 +288,9 @@ def relay_publish(publisher, env, body):
         headers.update({ETA_HEADER: eta, DELAY_HEADER: str(ms)})
         return publisher.publish(body, exchange=topology.delay_exchange,
                                  routing_key=topology.queue.name, headers=headers,
-                                 declare=[bucket], **properties)
+                                 declare=[*declare, bucket], **properties)
     return publisher.publish(body, exchange="", routing_key=topology.queue.name,
-                             headers=headers, **properties)
+                             headers=headers, declare=declare, **properties)
 
 
 def _eta_ms(value):
@@ -358,8 +361,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
                             ("in_flight", "being handled by this instance"),
                             ("retrying", "waiting in the delay queues (retries, delayed tasks)"),
                             ("dead", "in the service's dead-letter queue")):
-            self.metrics.gauge(f"plinth_tasks_{state}", f"Tasks {text}",
-                               partial(self.counts.get, state))
+            read = (lambda: self.in_flight) if state == "in_flight" \
+                else partial(self.counts.get, state)
+            self.metrics.gauge(f"plinth_tasks_{state}", f"Tasks {text}", read)
         self._attach_to_health()
 
     def start(self):
@@ -421,10 +425,14 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             self._give_up(message, task, exc, "unknown_task")
             return
         task["attempt"] = attempts_of(message) + 1
+        try:
+            self.container.spawn_worker(
+                entrypoint, (task,), {}, context_data=_context_of(message),
+                handle_result=partial(self._handle_result, message, entrypoint, task))
+        except ContainerBeingKilled:
+            self.queue_consumer.requeue_message(message)  # another instance will take it
+            return
         self.in_flight += 1
-        self.container.spawn_worker(
-            entrypoint, (task,), {}, context_data=_context_of(message),
-            handle_result=partial(self._handle_result, message, entrypoint, task))
 
     @staticmethod
     def _decode(message):
