@@ -215,7 +215,7 @@ CORE_ROUTES = [
     # -- users (administration) ---------------------------------------------------------------
     _r("GET", "/users", "identity.list_users", permission="users:read", rate_limit="read",
        query=s.ListUsersQuery, response=s.UserPageSchema, args={"filters": "query"},
-       tag="users", name="list_users", summary="List users, newest first (keyset pages)"),
+       tag="users", name="list_users", summary="List users, oldest first (keyset pages)"),
     _r("GET", "/users/{user_id}", "identity.get_user", permission="users:read",
        rate_limit="read", path_params=s.UserPath, response=s.UserSchema, tag="users",
        name="get_user", summary="Read a user"),
