@@ -31,10 +31,11 @@ log = logging.getLogger("gateway.rpc")
 class PooledBackend:
     """``size`` thread-safe ``RpcClient``s per process, shared by all its threads.
 
-    One client would do, but it publishes under a lock held until the broker confirms the
-    message, so with many threads the calls queue behind each other; a few clients (each a
-    publishing and a consuming connection, and a reader thread) spread them. A thread keeps
-    the client it was first given."""
+    One client would do, but its threads take turns to send: it publishes under a write lock
+    (py-amqp's connection is not thread-safe; there are no publisher confirms to wait for), so
+    with many threads the calls queue behind each other; a few clients (each a publishing and
+    a consuming connection, and a reader thread) spread them. A thread keeps the client it was
+    first given."""
 
     def __init__(self, amqp_uri, timeout, connect_timeout, size=4):
         self.amqp_uri, self.timeout, self.connect_timeout = amqp_uri, timeout, connect_timeout
