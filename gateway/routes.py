@@ -3,8 +3,9 @@
 An entry says which ``METHOD /path`` maps to which ``service.method``, what it needs
 (permission, rate-limit class, timeout), how HTTP inputs become the call's keyword arguments,
 and the marshmallow schemas of its path parameters, query, body and response. The core API
-(SPEC §4) is ``CORE_ROUTES`` below; feature services add theirs with a YAML file each in
-``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code changes.
+(the table in README, "The gateway") is ``CORE_ROUTES`` below; feature services add theirs
+with a YAML file each in ``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code
+changes.
 
 Route files (``config/routes.d/<service>.yaml``)::
 
