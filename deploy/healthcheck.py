@@ -8,7 +8,7 @@ import urllib.request
 def main():
     url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/ready"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
     except Exception:  # noqa: BLE001 - any failure means not ready
         return 1

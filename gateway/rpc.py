@@ -224,7 +224,7 @@ class RpcPool:
             for hook in self.after_rpc:
                 try:
                     hook(service, outcome, elapsed)
-                except Exception:  # noqa: BLE001 - a hook must not turn a result into an error
+                except Exception:  # a hook must not turn a result into an error
                     log.exception("after_rpc hook failed")
 
     def connected(self, wait=0.0):

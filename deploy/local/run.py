@@ -108,7 +108,7 @@ class Platform:
 
     def spawn(self, name, argv, env, ready_url=None):
         log = self.logs / f"{name}.log"
-        handle = open(log, "w")  # noqa: SIM115 - the child owns it
+        handle = open(log, "w")  # the child owns it
         # own session: the terminal's Ctrl-C reaches only this launcher, which stops the
         # children in order (services deregister from Consul on SIGTERM)
         popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle,
@@ -324,7 +324,7 @@ class StartError(Exception):
 
 def _ok(url):
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except Exception:  # noqa: BLE001 - not ready yet
         return False
@@ -333,7 +333,7 @@ def _ok(url):
 def _json(url):
     """The JSON body at ``url`` (a service's /health answers 503 with one too), or None."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=2) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         try:
