@@ -172,7 +172,7 @@ class NamekoBackend:
         for standalone in proxies:
             try:
                 standalone.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: its connection may already be broken
                 pass
 
 

@@ -11,6 +11,7 @@ Every port and address can be changed through the environment (see ``Settings``)
 in SQLite files under var/ unless ``<SERVICE>_DB_URI`` points elsewhere.
 """
 
+import http.client
 import json
 import os
 import re
@@ -326,7 +327,7 @@ def _ok(url):
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
-    except Exception:  # noqa: BLE001 - not ready yet
+    except (OSError, http.client.HTTPException):  # not answering, or not ready yet
         return False
 
 
@@ -340,7 +341,7 @@ def _json(url):
             return json.loads(error.read())
         except ValueError:
             return None
-    except Exception:  # noqa: BLE001 - not answering yet
+    except (OSError, http.client.HTTPException, ValueError):  # not answering (well) yet
         return None
 
 
