@@ -44,7 +44,7 @@ def test_a_task_whose_process_is_killed_mid_handler_is_redelivered_and_acts_once
     config = tmp_path / "probe.yaml"
     config.write_text(f"AMQP_URI: '{amqp_uri}'\nDB_URI: '{pg_uri}'\n"
                       f"WEB_SERVER_ADDRESS: '{address}'\nOUTBOX_POLL_INTERVAL: 0.05\n")
-    log = open(tmp_path / "probe.log", "wb")  # noqa: SIM115 - closed at the end of the test
+    log = open(tmp_path / "probe.log", "wb")  # closed at the end of the test
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("nameko")), "run", "--config", str(config),
          "tests.support.probe.tasks_service:TaskProbe"],
