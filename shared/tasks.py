@@ -310,6 +310,16 @@ class _RawQueueConsumer(QueueConsumer):
     (a poison message) must be dead-lettered by the task consumer, not raise in kombu's loop
     and come back forever."""
 
+    def setup(self):
+        # what get_consumers below relies on, from nameko 2.14's QueueConsumer: fail at start,
+        # loudly, on a nameko that no longer has it
+        missing = [name for name in ("_providers", "_consumers", "prefetch_count")
+                   if not hasattr(self, name)]
+        if missing:
+            raise RuntimeError(f"nameko's QueueConsumer lacks {missing}: shared.tasks needs "
+                               "updating for this nameko version")
+        super().setup()
+
     def get_consumers(self, consumer_cls, channel):
         for provider in self._providers:
             handle = partial(self.handle_message, provider, None)
