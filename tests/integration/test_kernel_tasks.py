@@ -4,8 +4,12 @@ periodic once per period across instances. Real RabbitMQ and PostgreSQL."""
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import eventlet
 import pytest
@@ -22,7 +26,7 @@ from tests.support.probe.models import Base
 from tests.support.probe.service import MIGRATIONS
 from tests.support.probe.tasks_service import FRAGILE, TaskProbe, calls
 
-DEAD_LETTERS = "probe.dead-letters"
+ROOT = Path(__file__).resolve().parents[2]
 OUTBOX = Base.metadata.tables["probe.outbox"]
 FAST_RETRIES = {"TASK_RETRY_DELAY": 0.3}
 
@@ -149,9 +153,15 @@ def test_a_dead_letter_replayed_from_the_cli_succeeds_and_one_dropped_is_gone(
               >= {replayed["task_id"], dropped["task_id"]}, what="two dead letters")
         FRAGILE["broken"] = False
 
+        # as an operator runs it (make tasks SVC=... ARGS="dead replay ID"), a process of its own
+        replay = subprocess.run(
+            [sys.executable, "-m", "shared.tasks_cli", "--config", str(ROOT / "config/audit.yaml"),
+             "--service", "probe", "dead", "replay", replayed["task_id"]],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+            text=True, timeout=60)
+        assert replay.returncode == 0, replay.stderr
+        assert replay.stdout.strip() == f"replayed {replayed['task_id']}"
         out = io.StringIO()
-        assert tasks_cli.main(["--service", "probe", "dead", "replay", replayed["task_id"]],
-                              out=out) == 0
         until(lambda: rpc.call("probe", "tally", [subject]) == 1, what="the replayed task")
         assert calls("probe.thing.fragile", replayed["task_id"])[-1][2] == 1  # attempts anew
         assert tasks_cli.main(["--service", "probe", "dead", "drop", dropped["task_id"]],
