@@ -148,7 +148,8 @@ def test_a_dead_letter_replayed_from_the_cli_succeeds_and_one_dropped_is_gone(
     try:
         subject = f"fragile-{uuid.uuid4().hex[:8]}"
         replayed = rpc.call("probe", "dispatch", ["probe.thing.fragile", {"subject": subject}])
-        dropped = rpc.call("probe", "dispatch", ["probe.thing.fragile", {"subject": "gone"}])
+        gone = f"gone-{uuid.uuid4().hex[:8]}"
+        dropped = rpc.call("probe", "dispatch", ["probe.thing.fragile", {"subject": gone}])
         until(lambda: {d["id"] for d in dead_letters(cli_broker)}
               >= {replayed["task_id"], dropped["task_id"]}, what="two dead letters")
         FRAGILE["broken"] = False
@@ -170,7 +171,7 @@ def test_a_dead_letter_replayed_from_the_cli_succeeds_and_one_dropped_is_gone(
         assert tasks_cli.main(["--service", "probe", "dead", "drop", dropped["task_id"]],
                               out=out) == 1
         eventlet.sleep(0.5)
-        assert rpc.call("probe", "tally", ["gone"]) == 0
+        assert rpc.call("probe", "tally", [gone]) == 0
     finally:
         FRAGILE["broken"] = True
 
@@ -230,6 +231,7 @@ def test_an_unknown_task_or_bad_data_is_refused_at_dispatch_with_nothing_written
     engine = make_engine(pg_uri, "probe")
     migrations.upgrade("probe", engine, MIGRATIONS)
     now = outbox.utcnow()
+    subject = f"refused-{uuid.uuid4().hex[:8]}"
 
     def count():
         with engine.connect() as conn:
@@ -255,8 +257,8 @@ def test_an_unknown_task_or_bad_data_is_refused_at_dispatch_with_nothing_written
             uow.commit()
             uow.close()
         with pytest.raises(UnknownTask):  # over RPC too
-            rpc.call("probe", "dispatch", ["identity.user.anything", {}], {"subject": "x"})
+            rpc.call("probe", "dispatch", ["identity.user.anything", {}], {"subject": subject})
         assert count() == 0
-        assert rpc.call("probe", "tally", ["x"]) == 0
+        assert rpc.call("probe", "tally", [subject]) == 0  # the change did not commit either
     finally:
         engine.dispose()
