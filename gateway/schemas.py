@@ -81,6 +81,11 @@ class ProblemSchema(Schema):
     retry_after = fields.Float()
     timeout = fields.Float()
     permission = fields.String(metadata={"description": "the permission a 403 lacked"})
+    saga_id = fields.String(metadata={"description": "the saga the failed operation ran"})
+    saga_status = fields.String(metadata={"description": "that saga's status"})
+    step = fields.String(metadata={"description": "the saga step that was refused"})
+    role = fields.String(metadata={"description": "the role concerned"})
+    scope = fields.String(metadata={"description": "the scope of that role"})
 
 
 # -- users ------------------------------------------------------------------------------------
