@@ -146,8 +146,22 @@ def call_kwargs(route, inputs, principal):
     return kwargs
 
 
+def _render_accepted(route, result):
+    schema = route.accepted_response() if route.accepted_response is not None else None
+    body = schema.dump(result) if schema is not None else result
+    response = current_app.response_class(json.dumps(body, separators=(",", ":")),
+                                          status=202, mimetype="application/json")
+    try:
+        response.headers["Location"] = route.accepted.format(**result)
+    except (KeyError, IndexError, ValueError):
+        pass
+    return response
+
+
 def _render(route, result, response_schema):
     app = current_app
+    if route.accepted and isinstance(result, dict) and result.get("accepted") is True:
+        return _render_accepted(route, result)
     if route.status == 204:
         return app.response_class(status=204)
     if route.wrap:
@@ -175,9 +189,10 @@ def make_view(route, state):
         state.limits.hit(route.rate_limit)
         principal = None if route.public else require_principal()
         if route.needs_permission:
-            if not state.permissions.allows(principal.user_id, route.permission, route.scope):
-                raise Forbidden(f"this needs the permission {route.permission}",
-                                {"permission": route.permission})
+            for needed in (route.permission, *route.also):
+                if not state.permissions.allows(principal.user_id, needed, route.scope):
+                    raise Forbidden(f"this needs the permission {needed}",
+                                    {"permission": needed})
         if route.query is None and request.args:
             raise Invalid("this operation takes no query parameters",
                           {name: ["unknown field"] for name in request.args})

@@ -22,12 +22,14 @@ log = logging.getLogger("gateway.errors")
 PROBLEM_MIME = "application/problem+json"
 TYPE_PREFIX = "urn:plinth:problem:"
 # detail keys of a typed error that are safe and useful to show a client as they are
-PUBLIC_DETAILS = ("reason", "service", "reference", "retry_after", "timeout", "permission")
+PUBLIC_DETAILS = ("reason", "service", "reference", "retry_after", "timeout", "permission",
+                  "saga_id", "saga_status", "step", "role", "scope")
 
 HTTP_KINDS = {
     400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 406: "not_acceptable", 409: "conflict",
     413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    422: "unprocessable",
     429: "too_many_requests", 431: "headers_too_large", 500: "internal", 501: "not_implemented",
     503: "unavailable", 504: "timeout",
 }

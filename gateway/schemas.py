@@ -81,6 +81,11 @@ class ProblemSchema(Schema):
     retry_after = fields.Float()
     timeout = fields.Float()
     permission = fields.String(metadata={"description": "the permission a 403 lacked"})
+    saga_id = fields.String(metadata={"description": "the saga the failed operation ran"})
+    saga_status = fields.String(metadata={"description": "that saga's status"})
+    step = fields.String(metadata={"description": "the saga step that was refused"})
+    role = fields.String(metadata={"description": "the role concerned"})
+    scope = fields.String(metadata={"description": "the scope of that role"})
 
 
 # -- users ------------------------------------------------------------------------------------
@@ -135,6 +140,60 @@ class UserSchema(Schema):
     updated_at = Timestamp(allow_none=True)
     password_changed_at = Timestamp(allow_none=True)
     deleted_at = Timestamp(allow_none=True)
+
+
+ROLE_NAME = validate.Regexp(r"^[a-z][a-z0-9_.\-]{1,63}\Z",
+                            error="2-64 characters: a lower-case letter, then lower-case "
+                                  "letters, digits, '_', '-' or '.'")
+
+
+class ScopedRoleSchema(Schema):
+    role = fields.String(required=True, validate=ROLE_NAME)
+    scope = fields.String(required=True, validate=ROLE_NAME)
+
+
+class ProvisionUserSchema(Schema):
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    password = _text(256, 1, required=True)
+    display_name = _text(200)
+    roles = fields.List(fields.String(validate=ROLE_NAME), validate=validate.Length(max=50))
+    scoped_roles = fields.List(fields.Nested(ScopedRoleSchema),
+                               validate=validate.Length(max=50))
+
+
+class ProvisionedRoleSchema(Schema):
+    role = fields.String(required=True)
+    scope = fields.String(allow_none=True)
+
+
+class ProvisionedUserSchema(UserSchema):
+    roles = fields.List(fields.Nested(ProvisionedRoleSchema), required=True)
+    saga_id = fields.String(required=True)
+
+
+class SagaPath(Schema):
+    saga_id = Uuid(required=True)
+
+
+class SagaAcceptedSchema(Schema):
+    accepted = fields.Boolean(required=True)
+    saga_id = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class SagaSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "running, completed, compensating, compensated or failed"})
+    current_step = fields.String(allow_none=True)
+    steps = fields.List(fields.String())
+    input = fields.Dict()
+    results = fields.Dict()
+    error = fields.Dict(allow_none=True)
+    created_at = Timestamp()
+    updated_at = Timestamp()
+    finished_at = Timestamp(allow_none=True)
 
 
 class UserPageSchema(Schema):

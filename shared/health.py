@@ -90,7 +90,7 @@ class HealthReport:
         # fault), but Consul keeps this body as the check's output, which /status shows
         return ready, {"status": "ready" if ready else "not ready", "state": self.provider.state,
                        "checks": {c.name: c.to_dict() for c in checks},
-                       **self.provider.outbox_info()}
+                       **self.provider.outbox_info(), **self.provider.ready_info()}
 
     def detail(self):
         checks = self.checks()
@@ -114,6 +114,7 @@ class HealthReport:
             "checks": {c.name: c.to_dict() for c in checks + advisories},
             **provider.outbox_info(),
             **provider.extra_info(),
+            **provider.ready_info(),
         }
 
 
@@ -126,6 +127,9 @@ class Health(DependencyProvider):
         self.instance_id = None
         self._cache = (0.0, [])
         self.extras = []
+        # also in the readiness body, which Consul keeps as the check's output for /status
+        # (e.g. stuck sagas: shared.sagas)
+        self.ready_extras = []
         # advisory checks (e.g. the registry): shown in /health and make it "degraded", but never
         # fail readiness -- a working instance must not leave service because Consul is away
         self.soft_checks = []
@@ -171,6 +175,12 @@ class Health(DependencyProvider):
     def extra_info(self):
         info = {}
         for extra in self.extras:
+            info.update(extra())
+        return info
+
+    def ready_info(self):
+        info = {}
+        for extra in self.ready_extras:
             info.update(extra())
         return info
 
