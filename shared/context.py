@@ -86,13 +86,6 @@ class Context:
         self.data = context_data
         self.request_id, self.actor = bind(context_data)
 
-    def as_actor(self, actor):
-        """Make downstream calls and events of this worker act as ``actor``."""
-        self.data[ACTOR_ID_KEY] = actor.id
-        self.data[ACTOR_TYPE_KEY] = actor.type
-        self.actor = actor
-        actor_var.set(actor)
-
 
 class RequestContext(DependencyProvider):
     """Binds each worker's request id and actor for its logs, calls and events."""
