@@ -113,7 +113,7 @@ class CircuitBreaker:
         if self.on_change is not None:
             try:
                 self.on_change(self.name, old, new)
-            except Exception:  # noqa: BLE001 - a listener must not break the call path
+            except Exception:  # a listener must not break the call path
                 log.exception("breaker listener failed")
 
     # -- calls -----------------------------------------------------------------------------

@@ -235,7 +235,7 @@ class ServiceView:
                                                           wait=self.wait)
             except RegistryError as exc:
                 self._failed(item, exc)
-            except Exception as exc:  # noqa: BLE001 - a watcher must outlive one bad answer
+            except Exception as exc:  # a watcher must outlive one bad answer
                 log.exception("watching %s failed", item.name)
                 self._failed(item, exc)
             else:

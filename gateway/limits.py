@@ -77,7 +77,7 @@ class RateLimits:
         try:
             count = store.incr(key, item.get_expiry())
             return count, store
-        except Exception as exc:  # noqa: BLE001 - the storage failing must not fail requests
+        except Exception as exc:  # the storage failing must not fail requests
             if store is self.fallback:
                 raise
             with self._lock:

@@ -3,8 +3,9 @@
 An entry says which ``METHOD /path`` maps to which ``service.method``, what it needs
 (permission, rate-limit class, timeout), how HTTP inputs become the call's keyword arguments,
 and the marshmallow schemas of its path parameters, query, body and response. The core API
-(SPEC §4) is ``CORE_ROUTES`` below; feature services add theirs with a YAML file each in
-``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code changes.
+(the table in README, "The gateway") is ``CORE_ROUTES`` below; feature services add theirs
+with a YAML file each in ``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code
+changes.
 
 Route files (``config/routes.d/<service>.yaml``)::
 
@@ -215,7 +216,7 @@ CORE_ROUTES = [
     # -- users (administration) ---------------------------------------------------------------
     _r("GET", "/users", "identity.list_users", permission="users:read", rate_limit="read",
        query=s.ListUsersQuery, response=s.UserPageSchema, args={"filters": "query"},
-       tag="users", name="list_users", summary="List users, newest first (keyset pages)"),
+       tag="users", name="list_users", summary="List users, oldest first (keyset pages)"),
     _r("GET", "/users/{user_id}", "identity.get_user", permission="users:read",
        rate_limit="read", path_params=s.UserPath, response=s.UserSchema, tag="users",
        name="get_user", summary="Read a user"),

@@ -33,10 +33,11 @@ log = logging.getLogger("gateway.rpc")
 class PooledBackend:
     """``size`` thread-safe ``RpcClient``s per process, shared by all its threads.
 
-    One client would do, but it publishes under a lock held until the broker confirms the
-    message, so with many threads the calls queue behind each other; a few clients (each a
-    publishing and a consuming connection, and a reader thread) spread them. A thread keeps
-    the client it was first given."""
+    One client would do, but its threads take turns to send: it publishes under a write lock
+    (py-amqp's connection is not thread-safe; there are no publisher confirms to wait for), so
+    with many threads the calls queue behind each other; a few clients (each a publishing and
+    a consuming connection, and a reader thread) spread them. A thread keeps the client it was
+    first given."""
 
     def __init__(self, amqp_uri, timeout, connect_timeout, size=4):
         self.amqp_uri, self.timeout, self.connect_timeout = amqp_uri, timeout, connect_timeout
@@ -173,7 +174,7 @@ class NamekoBackend:
         for standalone in proxies:
             try:
                 standalone.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: its connection may already be broken
                 pass
 
 
@@ -235,7 +236,7 @@ class RpcPool:
             for name, hook in self._after_rpc:
                 try:
                     hook(service, outcome, elapsed)
-                except Exception:  # noqa: BLE001 - a hook must not turn a result into an error
+                except Exception:  # a hook must not turn a result into an error
                     log.exception("after_rpc hook %s failed", name)
 
     def connected(self, wait=0.0):

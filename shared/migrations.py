@@ -98,7 +98,7 @@ def _migration_lock(engine, service):
     else:
         db_file = engine.url.database or service
         lock_path = Path(f"{db_file}.migrate.lock") if db_file != ":memory:" else None
-        handle = open(lock_path, "w") if lock_path else None  # noqa: SIM115
+        handle = open(lock_path, "w") if lock_path else None
         try:
             if handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)

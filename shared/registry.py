@@ -536,7 +536,7 @@ class Registration(DependencyProvider):
                     log.warning("cannot register %s with Consul (%s); the service keeps "
                                 "running and retries", self.instance.id, exc)
                 failing = True
-            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one round
+            except Exception:  # the loop must outlive a bug in one round
                 log.exception("registration round failed")
                 delay = backoff.next()
             self._wake.wait(delay)

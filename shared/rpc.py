@@ -10,6 +10,7 @@ import kombu.serialization
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from eventlet import patcher
 from eventlet.semaphore import Semaphore
+from kombu.exceptions import EncodeError
 from kombu.exceptions import OperationalError as BrokerError
 from marshmallow import ValidationError
 from nameko.amqp.publish import Publisher
@@ -147,7 +148,7 @@ class _RpcConsumer(RpcConsumer):
         try:
             content_type, _, body = kombu.serialization.dumps(
                 {"result": result, "error": error}, serializer)
-        except Exception:  # noqa: BLE001 - whatever the result holds that cannot be encoded
+        except EncodeError:  # the result holds what the serializer cannot encode
             exc_info = sys.exc_info()
             error = serialize(UnserializableValueError(result))
             result = None
