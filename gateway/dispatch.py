@@ -12,9 +12,10 @@ The same generic steps serve every entry, core or feature service, in this order
 import json
 import logging
 
-from flask import current_app, g, request
+from flask import current_app, request
 from marshmallow import ValidationError, fields
 
+from gateway import request_state
 from gateway.errors import UnsupportedMediaType
 from shared.errors import Forbidden, Invalid, PlinthError, Unauthorized
 
@@ -28,8 +29,9 @@ MAX_JSON_DEPTH = 32
 
 def rpc_context():
     """The nameko context data of this request: request id and actor."""
-    context = {"request_id": g.request_id}
-    principal = g.get("principal")
+    state = request_state.current()
+    context = {"request_id": state.request_id}
+    principal = state.principal
     if principal is not None:
         context["actor_id"] = principal.user_id
         context["actor_type"] = principal.actor_type
@@ -37,13 +39,13 @@ def rpc_context():
 
 
 def require_principal():
-    principal = g.get("principal")
-    if principal is not None:
-        return principal
-    error = g.get("auth_error")
+    state = request_state.current()
+    if state.principal is not None:
+        return state.principal
+    error = state.auth_error
     if error is not None:
         if isinstance(error, Unauthorized):
-            g.token_rejected = True
+            state.token_rejected = True
         raise error
     raise Unauthorized("an access token is required (Authorization: Bearer <token>)",
                        {"reason": "missing"})
@@ -130,7 +132,7 @@ def _pick(source, inputs, principal):
             client["user_agent"] = agent[:512]
         return client
     if source == "request_id":
-        return g.request_id
+        return request_state.current().request_id
     head, _, name = source.partition(".")
     return inputs[head].get(name)
 
@@ -185,7 +187,8 @@ def make_view(route, state):
         ("response", route.response))}
 
     def view(**path_values):
-        g.route = route
+        this = request_state.current()
+        this.route = route
         state.limits.hit(route.rate_limit)
         principal = None if route.public else require_principal()
         if route.needs_permission:
@@ -209,7 +212,7 @@ def make_view(route, state):
                                     call_kwargs(route, inputs, principal),
                                     timeout=route.timeout, context=rpc_context())
         except PlinthError:
-            g.target_error = True  # the route's ``errors`` remap applies to these only
+            this.target_error = True  # the route's ``errors`` remap applies to these only
             raise
         return _render(route, result, schemas["response"])
 

@@ -58,9 +58,9 @@ from pathlib import Path
 import marshmallow
 from marshmallow import fields, validate
 
-from authz import permissions as perms
 from gateway import schemas as s
 from gateway.settings import read_yaml
+from shared import contracts
 from shared.config import ConfigError
 from shared.schemas import Schema
 
@@ -148,8 +148,8 @@ class Route:
             raise ConfigError(f"{where}: target must be service.method")
         if not isinstance(self.permission, str) or not self.permission:
             raise ConfigError(f"{where}: {PERMISSION_REQUIRED}")
-        if self.needs_permission and not perms.is_valid(self.permission):
-            raise ConfigError(f"{where}: {perms.problem(self.permission)} "
+        if self.needs_permission and not contracts.is_valid(self.permission):
+            raise ConfigError(f"{where}: {contracts.problem(self.permission)} "
                               f"(permission {self.permission!r})")
         for extra in self.also:
             if not perms.is_valid(extra):

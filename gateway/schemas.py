@@ -5,17 +5,19 @@ from datetime import datetime
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from shared.contracts import (
+    ACTOR_TYPES,
+    AUDIT_OUTCOMES,
+    REQUEST_ID_PATTERN,
+    USER_STATUSES,
+    USER_TYPES,
+)
 from shared.ids import is_uuid
 from shared.schemas import Schema
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{1,63}$"
 NAME_MESSAGE = ("must be 2-64 characters: a lower-case letter, then lower-case letters, "
                 "digits, '_', '-' or '.'")
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
-USER_STATUSES = ("active", "disabled", "deleted")
-USER_TYPES = ("user", "service", "system")
-ACTOR_TYPES = ("user", "service", "system")
-OUTCOMES = ("success", "failure", "unknown")
 
 
 class Uuid(fields.String):
@@ -309,7 +311,7 @@ class AuditQuery(Schema):
     subject = _text(255, 1)
     service = _text(64, 1, metadata={"description": "the service that recorded it"})
     request_id = fields.String(validate=validate.Regexp(REQUEST_ID_PATTERN))
-    outcome = fields.String(validate=validate.OneOf(OUTCOMES))
+    outcome = fields.String(validate=validate.OneOf(AUDIT_OUTCOMES))
     since = Timestamp()
     until = Timestamp()
     limit = _limit()

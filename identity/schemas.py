@@ -2,11 +2,12 @@ import time
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from shared.contracts import USER_STATUSES, USER_TYPES
 from shared.ids import uuid7_millis
 from shared.schemas import Schema
 
-STATUSES = ("active", "disabled", "deleted")
-TYPES = ("user", "service", "system")
+STATUSES = USER_STATUSES
+TYPES = USER_TYPES
 
 Email = fields.Email
 email_field = dict(required=True, validate=validate.Length(max=320))
