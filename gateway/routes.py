@@ -152,8 +152,8 @@ class Route:
             raise ConfigError(f"{where}: {contracts.problem(self.permission)} "
                               f"(permission {self.permission!r})")
         for extra in self.also:
-            if not perms.is_valid(extra):
-                raise ConfigError(f"{where}: {perms.problem(extra)} (permission {extra!r})")
+            if not contracts.is_valid(extra):
+                raise ConfigError(f"{where}: {contracts.problem(extra)} (permission {extra!r})")
         if self.rate_limit not in RATE_CLASSES:
             raise ConfigError(f"{where}: rate_limit must be one of {', '.join(RATE_CLASSES)}")
         if self.timeout is not None and not 0 < self.timeout <= 300:
