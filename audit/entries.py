@@ -20,7 +20,7 @@ from audit import chain
 from audit.models import HEAD_ID, ChainHead, Entry
 from audit.redaction import Redactor, clean_text
 from audit.schemas import OUTCOMES
-from shared.context import ACTOR_TYPES
+from shared.contracts import ACTOR_TYPES
 from shared.errors import Invalid, NotFound
 from shared.ids import is_uuid, uuid7
 

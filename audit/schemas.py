@@ -2,10 +2,10 @@ from datetime import UTC
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from shared.context import ACTOR_TYPES
+from shared.contracts import ACTOR_TYPES, AUDIT_OUTCOMES
 from shared.schemas import Schema
 
-OUTCOMES = ("success", "failure", "unknown")
+OUTCOMES = AUDIT_OUTCOMES
 MAX_LIMIT = 200
 
 ACTION = validate.Regexp(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$",

@@ -114,6 +114,7 @@ class HealthReport:
             "checks": {c.name: c.to_dict() for c in checks + advisories},
             **provider.outbox_info(),
             **provider.extra_info(),
+            **provider.ready_info(),
         }
 
 
@@ -126,7 +127,8 @@ class Health(DependencyProvider):
         self.instance_id = None
         self._cache = (0.0, [])
         self.extras = []
-        # what readiness bodies also show (Consul keeps them, /status shows them): task counts
+        # also in the readiness body, which Consul keeps as the check's output for /status
+        # (task queue counts: shared.tasks; stuck sagas: shared.sagas)
         self.ready_extras = []
         # advisory checks (e.g. the registry): shown in /health and make it "degraded", but never
         # fail readiness -- a working instance must not leave service because Consul is away

@@ -28,7 +28,7 @@ from nameko.rpc import Rpc as _NamekoRpc
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 from shared.rpc_client import amqp_connection_params
 
-__all__ = ["Rpc", "rpc", "load", "dump", "call_service"]
+__all__ = ["Rpc", "rpc", "load", "call_service"]
 
 log = logging.getLogger(__name__)
 # the real select, for a poll that must not hand over to eventlet's hub
@@ -224,10 +224,6 @@ def load(schema, data, partial=None):
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise Invalid("invalid input: " + ", ".join(sorted(map(str, messages))),
                       messages) from None
-
-
-def dump(schema, obj, many=False):
-    return schema.dump(obj, many=many)
 
 
 def call_service(service, method, *args, timeout, **kwargs):

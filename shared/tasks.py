@@ -82,8 +82,9 @@ from shared.redelivery import (
 from shared.task_catalogue import KNOWN_TASKS
 
 __all__ = ["task", "TaskEntrypoint", "TaskConsumer", "UnknownTask", "InvalidTaskData",
-           "add", "envelope", "check_name", "define_tables", "task_queue", "TaskTopology",
-           "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY", "CONFIG_PREFIX"]
+           "add", "envelope", "check_name", "saga_step", "define_tables", "task_queue",
+           "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
+           "CONFIG_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,14 @@ def add(session, service, name, data=None, context_data=None, delay=None, eta=No
     return env
 
 
+def saga_step(uow, name, payload, key):
+    """A task adapter for ``shared.sagas.Sagas(..., task_dispatcher=tasks.saga_step)``: the
+    step's task is dispatched in the unit of work that records the step done (so exactly
+    once); ``key`` (saga id and step) is already unique to that unit and is not sent."""
+    env = uow.dispatch(name, payload)
+    return {"task_id": env["task_id"], "task_type": name}
+
+
 def relay_publish(publisher, env, body):
     """Send an outbox row holding a task to its service's queue (used by ``outbox.Relay``).
 
@@ -412,8 +421,7 @@ class TaskConsumer(SharedExtension, ProviderCollector):
 
         for dependency in self.container.dependencies:
             if isinstance(dependency, Health):
-                dependency.extras.append(self.describe)
-                dependency.ready_extras.append(self.describe)
+                dependency.ready_extras.append(self.describe)  # /health shows them too
 
     def describe(self):
         return {"tasks": {"queue": self.queue.name, **self.counts, "in_flight": self.in_flight,

@@ -167,8 +167,8 @@ def _identity_ceiling(env, user_id):
 
 def _in_process(token, jwks, user_id, grants):
     """What the gateway does around the RPC, timed in this process."""
-    from authz.permissions import Grants
     from gateway.security import Jwks, TokenValidator
+    from shared.contracts import Grants
 
     keys = Jwks(lambda: jwks, ["RS256", "ES256", "EdDSA"])
     validator = TokenValidator(keys, "plinth", "plinth-api", algorithms=["RS256", "ES256",

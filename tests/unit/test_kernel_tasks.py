@@ -99,3 +99,16 @@ def test_a_handler_declaration_is_checked_at_import():
         TaskEntrypoint("not-a-name")
     with pytest.raises(ValueError):
         TaskEntrypoint("audit.export.generate", every=0)
+
+
+def test_the_saga_adapter_dispatches_in_the_steps_unit_of_work():
+    sent = []
+
+    class Unit:
+        def dispatch(self, name, data):
+            sent.append((name, data))
+            return {"task_id": "t-1"}
+
+    assert tasks.saga_step(Unit(), "unitsvc.thing.do", {"a": 1}, "s1:step") == {
+        "task_id": "t-1", "task_type": "unitsvc.thing.do"}
+    assert sent == [("unitsvc.thing.do", {"a": 1})]

@@ -1,7 +1,7 @@
 """task_schedule: the periods of periodic tasks already claimed by an instance (issue 16)
 
 Revision ID: b4cf2a5f9bb6
-Revises: b7e4d1c20a61
+Revises: 5a9c3e7f1d20
 Create Date: 2026-12-04 14:00:00
 """
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 
 SCHEMA = "identity"
 revision = "b4cf2a5f9bb6"
-down_revision = "b7e4d1c20a61"
+down_revision = "5a9c3e7f1d20"
 branch_labels = None
 depends_on = None
 
