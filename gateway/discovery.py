@@ -22,13 +22,13 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from shared.backoff import Backoff
 from shared.config import setting
 from shared.errors import Unavailable
 from shared.registry import (
     CONSUL_HTTP_ADDR_KEY,
     DEFAULT_REQUEST_TIMEOUT,
     REQUEST_TIMEOUT_KEY,
-    Backoff,
     ConsulRegistry,
     RegistryError,
     parse_duration,
@@ -248,7 +248,7 @@ class ServiceView:
                                                           wait=self.wait)
             except RegistryError as exc:
                 self._failed(item, exc)
-            except Exception as exc:  # noqa: BLE001 - a watcher must outlive one bad answer
+            except Exception as exc:
                 log.exception("watching %s failed", item.name)
                 self._failed(item, exc)
             else:

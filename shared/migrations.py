@@ -21,6 +21,8 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
 from shared import config as cfg
+from shared.engine import make_engine
+from shared.logs import configure
 
 __all__ = ["upgrade", "ensure_current", "status", "run_env", "SchemaMismatch", "alembic_config"]
 
@@ -98,7 +100,7 @@ def _migration_lock(engine, service):
     else:
         db_file = engine.url.database or service
         lock_path = Path(f"{db_file}.migrate.lock") if db_file != ":memory:" else None
-        handle = open(lock_path, "w") if lock_path else None  # noqa: SIM115
+        handle = open(lock_path, "w") if lock_path else None
         try:
             if handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
@@ -137,9 +139,7 @@ def ensure_current(service, engine, migrations=None):
 
 def run_env(metadata):
     """The body of every service's ``migrations/env.py``."""
-    from alembic import context
-
-    from shared.db import make_engine
+    from alembic import context  # alembic fills it in only while it runs an env.py
 
     config = context.config
     service = config.attributes.get("schema") or metadata.schema
@@ -177,9 +177,6 @@ def _services_here():
 
 def main(argv=None):
     """``python -m shared.migrations [service ...]``: migrate the named (or all core) services."""
-    from shared.db import make_engine
-    from shared.logs import configure
-
     configure()
     services = (argv if argv is not None else sys.argv[1:]) or _services_here()
     for service in services:

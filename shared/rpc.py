@@ -24,12 +24,17 @@ from nameko.exceptions import UnknownService, UnserializableValueError, serializ
 from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 from nameko.rpc import Rpc as _NamekoRpc
 
+from shared import compat
+from shared import config as cfg
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 from shared.rpc_client import amqp_connection_params
 
-__all__ = ["Rpc", "rpc", "load", "dump", "call_service"]
+__all__ = ["Rpc", "rpc", "load", "dump", "rpc_input", "call_service", "rpc_timeout",
+           "rpc_timeout_key"]
 
 log = logging.getLogger(__name__)
+# the classes below replace nameko's reply path: refuse to start on a nameko that moved it
+compat.check_nameko_reply_path()
 # the real select, for a poll that must not hand over to eventlet's hub
 _select = patcher.original("select")
 
@@ -248,3 +253,27 @@ def call_service(service, method, *args, timeout, **kwargs):
                           {"service": service}) from None
     finally:
         timer.cancel()
+
+
+def rpc_input(data, fields):
+    """An RPC method's input, given as one dict (the gateway) or as keyword arguments (nameko
+    shell): ``def create(self, data=None, **fields)`` loads ``rpc_input(data, fields)``."""
+    if data is None:
+        return fields
+    if not isinstance(data, dict):
+        return data  # load() rejects it with a clear error
+    return {**data, **fields}
+
+
+def rpc_timeout_key(service):
+    """The setting that bounds calls to ``service``: ``<SERVICE>_RPC_TIMEOUT`` (seconds)."""
+    return f"{service.upper()}_RPC_TIMEOUT"
+
+
+def rpc_timeout(config, service, default=5.0, old_key=None):
+    """Seconds a call to ``service`` may take (``rpc_timeout_key``); ``old_key`` is a
+    deprecated name of the same setting, still read with a warning."""
+    key = rpc_timeout_key(service)
+    if old_key is None:
+        return cfg.setting(config, key, default, float)
+    return cfg.renamed_setting(config, key, old_key, default, float)

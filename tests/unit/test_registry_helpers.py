@@ -2,8 +2,8 @@
 
 import pytest
 
+from shared.backoff import Backoff
 from shared.registry import (
-    Backoff,
     CheckSpec,
     ConsulRegistry,
     Instance,
