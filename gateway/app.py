@@ -46,7 +46,6 @@ class Gateway:
         get = settings.get_as
         self.rpc = RpcPool(settings["AMQP_URI"], timeout=get("RPC_TIMEOUT", float),
                            connect_timeout=get("RPC_CONNECT_TIMEOUT", float),
-                           backend=settings.get("RPC_BACKEND") or "pooled",
                            size=get("RPC_POOL_SIZE", int))
         jwks_timeout = get("JWKS_TIMEOUT", float)
         self.jwks = Jwks(

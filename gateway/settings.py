@@ -18,8 +18,7 @@ DEFAULT_FILE = ROOT / "config" / "gateway.yaml"
 DEFAULTS = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
     "PLINTH_ENV": "development",
-    # rpc: "pooled" (shared.rpc_client, one per process) or "nameko" (ClusterRpcProxy per thread)
-    "RPC_BACKEND": "pooled",
+    # rpc: clients per process (shared.rpc_client), shared by its threads
     "RPC_POOL_SIZE": 4,
     "RPC_TIMEOUT": 10.0,
     "RPC_CONNECT_TIMEOUT": 3.0,
