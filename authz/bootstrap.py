@@ -248,33 +248,35 @@ class BootstrapAdmin(DependencyProvider):
             while not self._stopped.is_set():
                 self.attempts += 1
                 delay = backoff.next()
-                uow = UnitOfWork(self.database.sessions, self.container.service_name,
-                                 dict(context), on_commit=self.database.relay.wake)
-                try:
-                    self.result = bootstrap_admin(call_identity, uow, self.email,
-                                                  self.password)
-                    self._report(self.result)
+                if self._attempt(call_identity, context, delay):
                     return
-                except Refused as exc:
-                    self._finish("refused", str(exc))
-                    log.error("bootstrap admin refused: %s. Nobody was made admin; make "
-                              "someone admin with `make admin` (python -m authz.admin)", exc)
-                    return
-                except Invalid as exc:  # the email or password itself: retrying cannot help
-                    self._finish("failed", _describe(exc))
-                    log.error("bootstrap admin refused by identity: %s. Nobody was made "
-                              "admin; fix %s / %s and restart authz", _describe(exc),
-                              EMAIL_KEY, PASSWORD_KEY)
-                    return
-                except Exception as exc:  # noqa: BLE001 - identity or the database not up yet
-                    log.warning("bootstrap admin attempt %d failed (%s: %s); retrying in "
-                                "%.1fs", self.attempts, type(exc).__name__, exc, delay)
-                finally:
-                    uow.rollback()
-                    uow.close()
                 self._stopped.wait(delay)
         finally:
             client.close()
+
+    def _attempt(self, call_identity, context, delay):
+        """One try of the bootstrap; True when it is over (done, skipped, or refused)."""
+        uow = UnitOfWork(self.database.sessions, self.container.service_name, dict(context),
+                         on_commit=self.database.relay.wake)
+        try:
+            self.result = bootstrap_admin(call_identity, uow, self.email, self.password)
+            self._report(self.result)
+        except Refused as exc:
+            self._finish("refused", str(exc))
+            log.error("bootstrap admin refused: %s. Nobody was made admin; make someone admin "
+                      "with `make admin` (python -m authz.admin)", exc)
+        except Invalid as exc:  # the email or password itself: retrying cannot help
+            self._finish("failed", _describe(exc))
+            log.error("bootstrap admin refused by identity: %s. Nobody was made admin; fix "
+                      "%s / %s and restart authz", _describe(exc), EMAIL_KEY, PASSWORD_KEY)
+        except Exception as exc:  # noqa: BLE001 - identity or the database not up yet
+            log.warning("bootstrap admin attempt %d failed (%s: %s); retrying in %.1fs",
+                        self.attempts, type(exc).__name__, exc, delay)
+            return False
+        finally:
+            uow.rollback()
+            uow.close()
+        return True
 
     def _report(self, result):
         self._finish(result["status"])

@@ -1,5 +1,7 @@
 """Engines: one per service schema, on PostgreSQL or (for development) SQLite."""
 
+from pathlib import Path
+
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -41,24 +43,7 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
     """
     url = make_url(_normalise(uri))
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            from pathlib import Path
-
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, hide_parameters=True,
-                                  connect_args={"timeout": 30, "check_same_thread": False})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            if url.database and url.database != ":memory:":
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.close()
-
-        return engine.execution_options(schema_translate_map={schema: None})
-
+        return _sqlite_engine(url, schema)
     _green_psycopg()
     return sa.create_engine(
         url,
@@ -81,3 +66,23 @@ def make_engine(uri, schema, pool_size=10, application_name=None):
             "keepalives_count": 2,
         },
     )
+
+
+def _sqlite_engine(url, schema):
+    """SQLite for development: one file per service, the schema translated away."""
+    on_disk = bool(url.database) and url.database != ":memory:"
+    if on_disk:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, hide_parameters=True,
+                              connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if on_disk:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    return engine.execution_options(schema_translate_map={schema: None})

@@ -128,32 +128,32 @@ class Registration(DependencyProvider):
         self._thread = None
         self.hub.add_info(self._describe)
         self.hub.add_stopping(lambda timeout: self.withdraw(timeout=timeout))
-        if self.address:
-            self.hub.add_advisory(
-                lambda: Check("registry", self._healthy(), 0.0, self._summary()))
         if not self.address:
             self.state = "disabled"
             log.info("%s is empty: %s runs without a service registry (not registered with "
                      "Consul)", CONSUL_HTTP_ADDR_KEY, self.container.service_name)
             return
-        self.check_interval = _duration_setting(config, CHECK_INTERVAL_KEY,
-                                                DEFAULT_CHECK_INTERVAL)
-        self.check_timeout = _duration_setting(config, CHECK_TIMEOUT_KEY, DEFAULT_CHECK_TIMEOUT)
-        self.deregister_after = _duration_setting(config, DEREGISTER_AFTER_KEY,
-                                                  DEFAULT_DEREGISTER_AFTER)
-        self.resync_interval = _duration_setting(config, RESYNC_INTERVAL_KEY,
-                                                 DEFAULT_RESYNC_INTERVAL)
-        self.retry_max = _duration_setting(config, RETRY_MAX_KEY, DEFAULT_RETRY_MAX)
-        request_timeout = _duration_setting(config, REQUEST_TIMEOUT_KEY, DEFAULT_REQUEST_TIMEOUT)
-        if self.deregister_after < CONSUL_MIN_DEREGISTER_AFTER:
-            log.warning("%s=%s is below Consul's minimum of 1m; a real agent raises it to 1m",
-                        DEREGISTER_AFTER_KEY, format_duration(self.deregister_after))
+        self.hub.add_advisory(lambda: Check("registry", self._healthy(), 0.0, self._summary()))
+        self._read_timings(config)
         try:
-            self.registry = ConsulRegistry(self.address, timeout=request_timeout)
+            self.registry = ConsulRegistry(self.address, timeout=self.request_timeout)
         except ValueError as exc:
             raise cfg.ConfigError(f"{CONSUL_HTTP_ADDR_KEY}: {exc}") from None
         self.tags = ["plinth", *_tags_setting(config), *self.extra_tags]
         self.state = "starting"
+
+    def _read_timings(self, config):
+        for name, key, default in (
+                ("check_interval", CHECK_INTERVAL_KEY, DEFAULT_CHECK_INTERVAL),
+                ("check_timeout", CHECK_TIMEOUT_KEY, DEFAULT_CHECK_TIMEOUT),
+                ("deregister_after", DEREGISTER_AFTER_KEY, DEFAULT_DEREGISTER_AFTER),
+                ("resync_interval", RESYNC_INTERVAL_KEY, DEFAULT_RESYNC_INTERVAL),
+                ("retry_max", RETRY_MAX_KEY, DEFAULT_RETRY_MAX),
+                ("request_timeout", REQUEST_TIMEOUT_KEY, DEFAULT_REQUEST_TIMEOUT)):
+            setattr(self, name, _duration_setting(config, key, default))
+        if self.deregister_after < CONSUL_MIN_DEREGISTER_AFTER:
+            log.warning("%s=%s is below Consul's minimum of 1m; a real agent raises it to 1m",
+                        DEREGISTER_AFTER_KEY, format_duration(self.deregister_after))
 
     def start(self):
         if self.registry is not None:
