@@ -60,8 +60,7 @@ def encryption_secrets(config, announce=True):
     if secret == DEVELOPMENT_SECRET and announce:
         log.warning("%s is not set: signing keys are encrypted with the development secret",
                     SECRET_KEY)
-    previous = cfg.setting(config, PREVIOUS_SECRETS_KEY, "") or ""
-    return secret, [s.strip() for s in str(previous).split(",") if s.strip()]
+    return secret, cfg.list_setting(config, PREVIOUS_SECRETS_KEY)
 
 
 def token_settings(config):
