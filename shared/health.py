@@ -139,7 +139,7 @@ class Health(DependencyProvider):
         self.instance_id = f"{self.container.service_name}-{os.uname().nodename}-{os.getpid()}"
         self.amqp_uri = self.container.config[cfg.AMQP_URI_KEY]
         cfg.require_strong_credentials(self.container.config, {cfg.AMQP_URI_KEY: self.amqp_uri})
-        self.hub.add_stopping(lambda timeout: self.begin_stopping())
+        self.hub.add_stopping(lambda timeout: self.begin_stopping(), first=True)
 
     def start(self):
         self.state = "running"

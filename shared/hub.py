@@ -33,8 +33,13 @@ class Hub(SharedExtension):
     def add_advisory(self, check):
         self.advisories.append(check)
 
-    def add_stopping(self, hook):
-        self.on_stopping.append(hook)
+    def add_stopping(self, hook, first=False):
+        """``hook(timeout)`` runs when the container begins to stop; ``first`` hooks (failing
+        readiness) run before the others (leaving the registry), whatever the setup order."""
+        if first:
+            self.on_stopping.insert(0, hook)
+        else:
+            self.on_stopping.append(hook)
 
     # -- reading (from start on) ------------------------------------------------------------
 

@@ -40,10 +40,11 @@ def test_the_hub_merges_infos_runs_advisories_and_tells_of_the_stop():
     hub.add_info(lambda: {"b": 2})
     hub.add_advisory(lambda: "checked")
     hub.add_stopping(told.append)
+    hub.add_stopping(lambda timeout: told.append("readiness fails"), first=True)
     assert hub.info() == {"a": 1, "b": 2}
     assert hub.run_advisories() == ["checked"]
     hub.stopping(1.5)
-    assert told == [1.5]
+    assert told == ["readiness fails", 1.5]
 
 
 def test_the_hub_names_the_service_when_its_database_is_not_one():
