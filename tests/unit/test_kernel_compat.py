@@ -37,8 +37,9 @@ def test_the_kernel_rpc_entrypoint_replies_through_its_own_consumer():
     from shared.rpc import Rpc
 
     compat.check_nameko_reply_path()  # the installed nameko passes
-    assert type(Rpc.rpc_consumer).handle_result is not nameko_rpc.RpcConsumer.handle_result
-    assert isinstance(Rpc.rpc_consumer, nameko_rpc.RpcConsumer)
+    assert isinstance(Rpc.rpc_consumer, compat.KeptConnectionRpcConsumer)
+    assert compat.KeptConnectionRpcConsumer.handle_result \
+        is not nameko_rpc.RpcConsumer.handle_result
 
 
 def test_the_reply_path_guard_fires_when_nameko_moved_the_responder(monkeypatch):
