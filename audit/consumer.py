@@ -228,7 +228,7 @@ class TrailConsumer(DependencyProvider):
             entry = entries.from_event(entries.decode(message.body), routing_key,
                                        source, message.headers, self.redactor,
                                        body=message.body, max_data_bytes=self.max_data_bytes)
-        except Exception as exc:
+        except Exception as exc:  # a message must never wedge the consumer
             log.exception("audit could not read an event of %s; recording it as malformed",
                           source)
             entry = entries.from_event(None, routing_key, source, {},

@@ -20,7 +20,7 @@ from audit import chain
 from audit.models import HEAD_ID, ChainHead, Entry
 from audit.redaction import Redactor, clean_text
 from audit.schemas import OUTCOMES
-from shared.context import ACTOR_TYPES
+from shared.contracts import ACTOR_TYPES
 from shared.errors import Invalid, NotFound
 from shared.ids import is_uuid, uuid7
 
@@ -94,10 +94,10 @@ def from_event(payload, routing_key, source, headers=None, redactor=None, body=b
                max_data_bytes=MAX_DATA_BYTES, now=None, reason=None):
     """An entry for an event as it came off the broker, whatever shape it arrived in.
 
-    ``payload`` is the decoded envelope (SPEC §2); anything else (not JSON, not an object) is
-    still recorded, as a malformed event of ``source``, without its body. Missing fields are
-    taken from the nameko context headers or defaulted, never refused: the trail must hold
-    every event.
+    ``payload`` is the decoded envelope (``shared.outbox.envelope``); anything else (not JSON,
+    not an object) is still recorded, as a malformed event of ``source``, without its body.
+    Missing fields are taken from the nameko context headers or defaulted, never refused: the
+    trail must hold every event.
     """
     redactor = redactor or _default_redactor
     headers = headers or {}

@@ -2,10 +2,10 @@ from datetime import UTC
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from shared.context import ACTOR_TYPES
+from shared.contracts import ACTOR_TYPES, AUDIT_OUTCOMES
 from shared.schemas import Schema
 
-OUTCOMES = ("success", "failure", "unknown")
+OUTCOMES = AUDIT_OUTCOMES
 MAX_LIMIT = 200
 
 ACTION = validate.Regexp(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$",
@@ -58,7 +58,7 @@ class FiltersSchema(Schema):
     action = fields.String(validate=[validate.Length(min=1, max=128), ACTION_FILTER])
     subject = fields.String(validate=validate.Length(min=1, max=255))
     source = fields.String(validate=SOURCE)
-    service = fields.String(validate=SOURCE)  # the name SPEC §3 uses for source
+    service = fields.String(validate=SOURCE)  # the same filter as source, by another name
     request_id = fields.String(validate=REQUEST_ID)
     outcome = fields.String(validate=validate.OneOf(OUTCOMES))
     since = _when()

@@ -8,15 +8,16 @@ import uuid
 from dataclasses import dataclass
 
 import jwt
-from jwt.exceptions import InvalidIssuedAtError, InvalidJTIError, InvalidSubjectError
 
+from shared.contracts import (
+    ACCESS_TOKEN_TYPE,
+    ISSUED_CLAIMS,
+    MAX_TOKEN_LENGTH,
+    is_access_token_type,
+    token_rejection,
+)
 from shared.errors import Unauthorized
 
-ACCESS_TOKEN_TYPE = "at+jwt"
-# RFC 9068 §2.1: "at+jwt"; RFC 8725 §3.11 allows the full media type too
-ACCEPTED_TYPES = {"at+jwt", "application/at+jwt"}
-REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "sid", "typ")
-MAX_TOKEN_LENGTH = 8192
 REFRESH_TOKEN_BYTES = 32  # 256 bits
 _REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
@@ -73,31 +74,16 @@ def verify_access_token(token, keyring, settings):
         raise rejected("unknown_key", "signed with an unknown or retired key")
     if header.get("alg") != verifier.alg:
         raise rejected("algorithm", "algorithm not allowed")
-    typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+    if not is_access_token_type(header.get("typ")):
         raise rejected("type", "not an access token")
     try:
         claims = jwt.decode(
             token, verifier.public_key, algorithms=[verifier.alg], audience=settings.audience,
             issuer=settings.issuer, leeway=settings.leeway,
-            options={"require": list(REQUIRED_CLAIMS)},
+            options={"require": list(ISSUED_CLAIMS)},
         )
-    except jwt.ExpiredSignatureError:
-        raise rejected("expired", "expired") from None
-    except jwt.ImmatureSignatureError:
-        raise rejected("not_yet_valid", "not valid yet") from None
-    except jwt.InvalidAudienceError:
-        raise rejected("audience", "wrong audience") from None
-    except jwt.InvalidIssuerError:
-        raise rejected("issuer", "wrong issuer") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise rejected("claims", f"missing claim {exc.claim}") from None
-    except (InvalidSubjectError, InvalidJTIError, InvalidIssuedAtError):
-        raise rejected("claims", "a claim has the wrong type") from None
-    except jwt.InvalidSignatureError:
-        raise rejected("signature", "bad signature") from None
-    except jwt.InvalidTokenError:
-        raise rejected("malformed", "not a well-formed access token") from None
+    except jwt.InvalidTokenError as exc:
+        raise rejected(*token_rejection(exc)) from None
     if claims.get("typ") != ACCESS_TOKEN_TYPE:
         raise rejected("type", "not an access token")
     for name in ("sub", "jti", "sid"):

@@ -14,6 +14,8 @@ GLOBAL = ""
 #   profile:write   update one's own profile       (PATCH /users/me)
 #   password:write  change one's own password      (POST /users/me/password)
 #   authz:check     check one's own permissions    (GET /authz/check)
+# Administrative permissions (held through ``admin``'s ``*``, or granted to a role) include
+# users:read/write, roles:read/write, audit:read and sagas:read (GET /api/v1/sagas/{id}).
 ADMIN = "admin"
 USER = "user"
 BUILTIN_ROLES = {

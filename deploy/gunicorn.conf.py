@@ -93,7 +93,6 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
         "kombu": {"level": "WARNING"},
         "amqp": {"level": "WARNING"},
-        "flask-limiter": {"level": "WARNING"},
     },
 }
 

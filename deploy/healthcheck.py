@@ -1,5 +1,6 @@
 """The image's HEALTHCHECK: GET /health/ready on this container's $PORT (stdlib only)."""
 
+import http.client
 import os
 import sys
 import urllib.request
@@ -8,9 +9,9 @@ import urllib.request
 def main():
     url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/ready"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
-    except Exception:  # noqa: BLE001 - any failure means not ready
+    except (OSError, http.client.HTTPException):  # refused, timed out, an error status, garbled
         return 1
 
 

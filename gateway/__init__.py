@@ -1,4 +1,4 @@
-"""The gateway: one HTTP entry point for the whole platform (SPEC §4).
+"""The gateway: one HTTP entry point for the whole platform (README, "The gateway").
 
 ``create_app(config=None)`` builds the Flask app; gunicorn serves ``gateway.wsgi:app`` with
 deploy/gunicorn.conf.py. One module per concern: ``routes`` (the route table), ``dispatch``

@@ -5,7 +5,7 @@ import logging
 import os
 import threading
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import (
@@ -18,6 +18,7 @@ from gateway import (
     metrics,
     observability,
     openapi,
+    request_state,
 )
 from gateway import settings as settings_module
 from gateway.authz_cache import EventListener, PermissionCache
@@ -43,53 +44,24 @@ class Gateway:
     def __init__(self, settings, routes):
         self.settings = settings
         self.routes = routes
-        get = settings.get_as
-        self.rpc = RpcPool(settings["AMQP_URI"], timeout=get("RPC_TIMEOUT", float),
-                           connect_timeout=get("RPC_CONNECT_TIMEOUT", float),
-                           size=get("RPC_POOL_SIZE", int))
-        jwks_timeout = get("JWKS_TIMEOUT", float)
-        self.jwks = Jwks(
-            lambda: self.rpc.call("auth", "jwks", timeout=jwks_timeout,
-                                  context={"request_id": context.new_request_id(),
-                                           "actor_type": "system", "actor_id": "gateway"}),
-            algorithms=settings.get_list("JWT_ALGORITHMS"),
-            refetch_interval=get("JWKS_REFETCH_INTERVAL", float),
-            max_age=get("JWKS_MAX_AGE", float))
-        self.validator = TokenValidator(self.jwks, settings.get("JWT_ISSUER"),
-                                        settings.get("JWT_AUDIENCE"),
-                                        leeway=get("JWT_LEEWAY", int),
-                                        algorithms=settings.get_list("JWT_ALGORITHMS"))
-        authz_timeout = get("AUTHZ_TIMEOUT", float)
-        self.permissions = PermissionCache(
-            lambda user_id: self.rpc.call("authz", "effective_permissions",
-                                          kwargs={"user_id": user_id}, timeout=authz_timeout,
-                                          context=dispatch.rpc_context()),
-            max_size=get("AUTHZ_CACHE_SIZE", int), ttl=get("AUTHZ_CACHE_TTL", float))
-        heartbeat = get("EVENTS_HEARTBEAT", int)
-        self.listener = None
-        if get("AUTHZ_EVENTS", bool):
-            self.listener = EventListener(settings["AMQP_URI"], self.permissions,
-                                          heartbeat=heartbeat)
-            self.permissions.trusted = lambda: self.listener.connected
+        self.rpc = _rpc_pool(settings)
+        self.jwks = _jwks(settings, self.rpc)
+        self.validator = _token_validator(settings, self.jwks)
+        self.permissions = _permission_cache(settings, self.rpc)
+        self.listener = _authz_listener(settings, self.permissions)
         self.limits = RateLimits(settings, RATE_CLASSES)
         # ended sessions (logout, password change, disabled user...): their tokens refused
         self.revoked = RevokedSessions()
-        self.sessions = None
-        self.session_check_interval = get("SESSION_CHECK_INTERVAL", float)
-        if get("SESSION_EVENTS", bool):
-            self.sessions = SessionListener(
-                settings["AMQP_URI"], self.revoked,
-                lambda: self.rpc.call("auth", "revoked_sessions", timeout=jwks_timeout,
-                                      context={"request_id": context.new_request_id(),
-                                               "actor_type": "system", "actor_id": "gateway"}),
-                heartbeat=heartbeat)
+        self.sessions = _session_listener(settings, self.rpc, self.revoked)
+        self.session_check_interval = settings.get_as("SESSION_CHECK_INTERVAL", float)
         # health-aware routing: no passing instance in Consul -> 503 at once; a breaker per
         # service opens on repeated failures. Both sit in front of every RPC call.
         self.route_services = sorted({r.target.split(".", 1)[0] for r in routes if r.target})
         self.view = ServiceView.from_config(settings, services=self.route_services)
         self.breakers = Breakers.from_config(settings, on_change=metrics.breaker_changed)
-        self.rpc.before_rpc += [self.view.require, self.breakers.before_rpc]
-        self.rpc.after_rpc.append(self.breakers.after_rpc)
+        self.rpc.add_before_rpc("discovery", self.view.require)
+        self.rpc.add_before_rpc("breakers", self.breakers.before_rpc)
+        self.rpc.add_after_rpc("breakers", self.breakers.after_rpc)
         self._pid = None
 
     def ensure_started(self):
@@ -114,11 +86,82 @@ class Gateway:
         self._pid = None
 
 
+def _system_context():
+    """The RPC context of a call the gateway makes on its own behalf, not a client's."""
+    return {"request_id": context.new_request_id(), "actor_type": "system",
+            "actor_id": "gateway"}
+
+
+def _system_call(rpc, service, method, timeout):
+    """A function calling ``service.method()`` as the gateway itself."""
+    def call():
+        return rpc.call(service, method, timeout=timeout, context=_system_context())
+
+    call.__name__ = call.__qualname__ = f"{service}.{method}"
+    return call
+
+
+def _rpc_pool(settings):
+    get = settings.get_as
+    return RpcPool(settings["AMQP_URI"], timeout=get("RPC_TIMEOUT", float),
+                   connect_timeout=get("RPC_CONNECT_TIMEOUT", float),
+                   size=get("RPC_POOL_SIZE", int))
+
+
+def _jwks(settings, rpc):
+    get = settings.get_as
+    return Jwks(_system_call(rpc, "auth", "jwks", get("JWKS_TIMEOUT", float)),
+                algorithms=settings.get_list("JWT_ALGORITHMS"),
+                refetch_interval=get("JWKS_REFETCH_INTERVAL", float),
+                max_age=get("JWKS_MAX_AGE", float))
+
+
+def _token_validator(settings, jwks):
+    return TokenValidator(jwks, settings.get("JWT_ISSUER"), settings.get("JWT_AUDIENCE"),
+                          leeway=settings.get_as("JWT_LEEWAY", int),
+                          algorithms=settings.get_list("JWT_ALGORITHMS"))
+
+
+def _permission_cache(settings, rpc):
+    timeout = settings.get_as("AUTHZ_TIMEOUT", float)
+
+    def effective_permissions(user_id):  # as the client whose request needs them
+        return rpc.call("authz", "effective_permissions", kwargs={"user_id": user_id},
+                        timeout=timeout, context=dispatch.rpc_context())
+
+    return PermissionCache(effective_permissions, max_size=settings.get_as("AUTHZ_CACHE_SIZE", int),
+                           ttl=settings.get_as("AUTHZ_CACHE_TTL", float))
+
+
+def _authz_listener(settings, cache):
+    """The listener keeping ``cache`` current from authz's events (None when turned off); the
+    cache trusts its entries only while the listener is connected."""
+    if not settings.get_as("AUTHZ_EVENTS", bool):
+        return None
+    listener = EventListener(settings["AMQP_URI"], cache,
+                             heartbeat=settings.get_as("EVENTS_HEARTBEAT", int))
+
+    def listener_connected():
+        return listener.connected
+
+    cache.trusted = listener_connected
+    return listener
+
+
+def _session_listener(settings, rpc, revoked):
+    """The listener filling ``revoked`` from auth's session events (None when turned off)."""
+    if not settings.get_as("SESSION_EVENTS", bool):
+        return None
+    # the revocations are fetched with the key set's timeout: both are small reads from auth
+    fetch = _system_call(rpc, "auth", "revoked_sessions", settings.get_as("JWKS_TIMEOUT", float))
+    return SessionListener(settings["AMQP_URI"], revoked, fetch,
+                           heartbeat=settings.get_as("EVENTS_HEARTBEAT", int))
+
+
 def _identify(state):
     def identify():
         state.ensure_started()
-        g.principal = None
-        g.auth_error = None
+        current = request_state.current()
         header = request.headers.get("Authorization")
         if header is None:
             return
@@ -127,13 +170,13 @@ def _identify(state):
             if state.sessions is not None:  # revocations may have been missed: ask auth
                 state.sessions.ensure_fresh(state.session_check_interval)
         except PlinthError as exc:
-            g.auth_error = exc  # raised by routes that need a caller; public ones ignore it
+            current.auth_error = exc  # raised by routes that need a caller; public ones ignore it
             return
         if principal.session_id in state.revoked:
-            g.auth_error = rejected("revoked", "the session has ended")
+            current.auth_error = rejected("revoked", "the session has ended")
             return
-        g.principal = principal
-        context.actor_var.set(context.Actor(g.principal.user_id, g.principal.actor_type))
+        current.principal = principal
+        context.actor_var.set(context.Actor(principal.user_id, principal.actor_type))
 
     return identify
 

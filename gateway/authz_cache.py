@@ -1,7 +1,7 @@
 """Authorisation: each route's permission answered from a local cache of effective
 permissions, kept current by authz's events.
 
-``PermissionCache`` holds ``authz.permissions.Grants`` per user (bounded LRU with a TTL as a
+``PermissionCache`` holds ``shared.contracts.Grants`` per user (bounded LRU with a TTL as a
 safety net). A miss asks authz's ``effective_permissions`` over RPC. ``EventListener`` is a
 background thread per gateway process with its own exclusive, auto-delete queue bound to the
 ``authz.events`` exchange, so every process of every instance hears every ``role.*`` event
@@ -22,9 +22,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from authz.permissions import Grants
 from gateway import metrics
 from gateway.events import DEFAULT_HEARTBEAT, EventSubscription
+from shared.contracts import Grants
 
 __all__ = ["PermissionCache", "EventListener", "ROUTING_KEY"]
 

@@ -4,11 +4,11 @@ A breaker is ``closed`` (calls go through; consecutive failures are counted), ``
 ``fail_max`` consecutive failures: calls are refused at once with ``BreakerOpen``, a 503 with
 ``retry_after``, for ``reset_timeout`` seconds) or ``half-open`` (the timeout has passed: the
 next call goes through as the one probe, others are still refused; its success closes the
-breaker, its failure opens it again). Only infrastructure failures count: timeouts, the broker
-or the service being unavailable (``shared.errors.Unavailable`` and its subclasses
-``RpcTimeout``, ``ServiceNotRunning``, ``BrokerUnavailable``), socket errors. A typed business
-error (NotFound, Invalid, Conflict, Unauthorized, Forbidden, TooManyRequests, even
-InternalError) proves the service answered, so it counts as a success.
+breaker, its failure opens it again). Only infrastructure failures count: the RPC pool's
+outcomes ``timeout``, ``unavailable`` (the broker or the service) and ``failed`` (any other
+exception: a socket, the broker). A typed business error (NotFound, Invalid, Conflict,
+Unauthorized, Forbidden, TooManyRequests, even InternalError) proves the service answered,
+so it counts as a success.
 
 Why not pybreaker (1.4.1, which setup.cfg lists): its ``CircuitBreaker.call`` holds the
 breaker's RLock for the whole guarded call, so every request a gateway process sends to one
@@ -22,10 +22,8 @@ state machine is small; this one holds its lock only to change state.
 Wiring into the gateway's RPC pool (``gateway.rpc.RpcPool`` hooks)::
 
     breakers = Breakers.from_config(settings)
-    pool.before_rpc.append(breakers.before_rpc)   # raises BreakerOpen when open
-    pool.after_rpc.append(breakers.after_rpc)     # records each call's outcome
-
-or directly: ``breakers.call("identity", func, ...)`` / ``with breakers.guard("identity"):``.
+    pool.add_before_rpc("breakers", breakers.before_rpc)  # raises BreakerOpen when open
+    pool.add_after_rpc("breakers", breakers.after_rpc)    # records each call's outcome
 """
 
 import logging
@@ -35,9 +33,9 @@ import time
 from datetime import UTC, datetime
 
 from shared.config import ConfigError, setting
-from shared.errors import PlinthError, Unavailable
+from shared.errors import Unavailable
 
-__all__ = ["CircuitBreaker", "Breakers", "BreakerOpen", "counts_as_failure",
+__all__ = ["CircuitBreaker", "Breakers", "BreakerOpen", "FAILURE_OUTCOMES",
            "CLOSED", "OPEN", "HALF_OPEN", "FAIL_MAX_KEY", "RESET_TIMEOUT_KEY"]
 
 log = logging.getLogger("gateway.breakers")
@@ -55,21 +53,6 @@ class BreakerOpen(Unavailable):
     """The service's breaker is open: answered 503 at once, without calling it."""
 
 
-def counts_as_failure(exc):
-    """True for what says the service is unwell (timeouts, unavailability, broker/socket
-    errors); False for typed errors a healthy service raises on purpose."""
-    if isinstance(exc, Unavailable):
-        return True
-    if isinstance(exc, PlinthError):
-        return False
-    if isinstance(exc, TimeoutError | OSError):
-        return True
-    # nameko's standalone proxy and the amqp library have their own timeout and
-    # connection error types; they do not derive from the ones above
-    return type(exc).__name__ in ("RpcTimeout", "ConnectionError", "RecoverableConnectionError",
-                                  "ConnectionForced", "OperationalError")
-
-
 class _Ticket:
     __slots__ = ("probe", "admitted_at")
 
@@ -81,12 +64,12 @@ class CircuitBreaker:
     """One service's breaker; thread-safe, and never holds its lock during a call."""
 
     def __init__(self, name, fail_max=DEFAULT_FAIL_MAX, reset_timeout=DEFAULT_RESET_TIMEOUT,
-                 is_failure=counts_as_failure, clock=time.monotonic, on_change=None):
+                 clock=time.monotonic, on_change=None):
         if fail_max < 1 or reset_timeout <= 0:
             raise ValueError("fail_max must be >= 1 and reset_timeout > 0")
         self.name = name
         self.fail_max, self.reset_timeout = int(fail_max), float(reset_timeout)
-        self.is_failure, self.clock, self.on_change = is_failure, clock, on_change
+        self.clock, self.on_change = clock, on_change
         self._lock = threading.Lock()
         self._state = CLOSED
         self._failures = 0
@@ -130,7 +113,7 @@ class CircuitBreaker:
         if self.on_change is not None:
             try:
                 self.on_change(self.name, old, new)
-            except Exception:  # noqa: BLE001 - a listener must not break the call path
+            except Exception:  # a listener must not break the call path
                 log.exception("breaker listener failed")
 
     # -- calls -----------------------------------------------------------------------------
@@ -193,14 +176,6 @@ class CircuitBreaker:
             # a call admitted before the breaker opened changes nothing when it ends late
         self._announce(change)
 
-    def guard(self):
-        """``with breaker.guard(): call()`` -- admit, run, record what happened."""
-        return _Guarded(self)
-
-    def call(self, func, *args, **kwargs):
-        with _Guarded(self):
-            return func(*args, **kwargs)
-
     def reset(self):
         with self._lock:
             change = self._move(CLOSED)
@@ -221,40 +196,13 @@ class CircuitBreaker:
                     "last_failure": self.last_failure, **self.counts}
 
 
-class _Guarded:
-    """One call through a breaker: admitted on entry, its outcome recorded on exit."""
-
-    __slots__ = ("breaker", "ticket")
-
-    def __init__(self, breaker):
-        self.breaker = breaker
-
-    def __enter__(self):
-        self.ticket = self.breaker.admit()
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc is None:
-            self.breaker.record(self.ticket, False)
-        elif isinstance(exc, Exception):
-            failed = self.breaker.is_failure(exc)
-            self.breaker.record(self.ticket, failed, _describe(exc) if failed else None)
-        else:
-            self.breaker.record(self.ticket, None)  # interrupted: GreenletExit, Ctrl-C
-        return False
-
-
-def _describe(exc):
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
 class Breakers:
     """A breaker per service, made on first use, all with the same settings."""
 
     def __init__(self, fail_max=DEFAULT_FAIL_MAX, reset_timeout=DEFAULT_RESET_TIMEOUT,
-                 is_failure=counts_as_failure, clock=time.monotonic, on_change=None):
+                 clock=time.monotonic, on_change=None):
         self.options = {"fail_max": fail_max, "reset_timeout": reset_timeout,
-                        "is_failure": is_failure, "clock": clock, "on_change": on_change}
+                        "clock": clock, "on_change": on_change}
         CircuitBreaker("check", fail_max, reset_timeout)  # validate now, not at first call
         self._breakers = {}
         self._lock = threading.Lock()
@@ -278,12 +226,6 @@ class Breakers:
                 if breaker is None:
                     breaker = self._breakers[service] = CircuitBreaker(service, **self.options)
         return breaker
-
-    def guard(self, service):
-        return self.get(service).guard()
-
-    def call(self, service, func, *args, **kwargs):
-        return self.get(service).call(func, *args, **kwargs)
 
     # -- gateway.rpc.RpcPool hooks (same thread for before and after) -----------------------
 

@@ -92,7 +92,7 @@ class ServiceView:
         self.rejoin_grace = float(rejoin_grace)
         self.clock = clock
         self._initial = tuple(services)
-        self._lock = threading.Condition()
+        self._lock = threading.RLock()
         self._services = {}
         self._stop = threading.Event()
         self._catalog_thread = None
@@ -101,7 +101,6 @@ class ServiceView:
         self._last_error_at = None
         self._last_error = None
         self._back_at = None  # when the registry became reachable again after an error
-        self.version = 0  # bumps on every change the view records (for waiters)
 
     @classmethod
     def from_config(cls, config=None, services=(), **options):
@@ -130,7 +129,7 @@ class ServiceView:
             return self
         self._pid = os.getpid()
         self._stop = threading.Event()
-        self._lock = threading.Condition()  # a lock inherited through fork may be held
+        self._lock = threading.RLock()  # a lock inherited through fork may be held
         self._services = {}
         for name in self._initial:
             self.watch(name)
@@ -147,7 +146,6 @@ class ServiceView:
             watched = list(self._services.values())
             for item in watched:
                 item.stop.set()
-            self._lock.notify_all()
         deadline = time.monotonic() + timeout
         for thread in [w.thread for w in watched] + [self._catalog_thread]:
             if thread is not None:
@@ -225,17 +223,6 @@ class ServiceView:
         with self._lock:
             return self._last_error
 
-    def wait_for(self, predicate, timeout):
-        """Block until ``predicate(view)`` holds after some update, or ``timeout``; its value."""
-        deadline = time.monotonic() + timeout
-        with self._lock:  # a Condition on an RLock: the predicate may read the view
-            while True:
-                value = predicate(self)
-                remaining = deadline - time.monotonic()
-                if value or remaining <= 0:
-                    return value
-                self._lock.wait(min(remaining, 0.5))
-
     # -- the watchers ----------------------------------------------------------------------
 
     def _watch_loop(self, item):
@@ -248,7 +235,7 @@ class ServiceView:
                                                           wait=self.wait)
             except RegistryError as exc:
                 self._failed(item, exc)
-            except Exception as exc:
+            except Exception as exc:  # a watcher must outlive one bad answer
                 log.exception("watching %s failed", item.name)
                 self._failed(item, exc)
             else:
@@ -283,9 +270,6 @@ class ServiceView:
                 for item in gone:
                     item.stop.set()
                     del self._services[item.name]
-                if gone:
-                    self.version += 1
-                    self._lock.notify_all()
 
     def _note_ok(self):
         with self._lock:
@@ -298,8 +282,6 @@ class ServiceView:
             was_reachable = self._reachable()
             self._last_error_at = self.clock()
             self._last_error = str(exc) or type(exc).__name__
-            self.version += 1
-            self._lock.notify_all()
         if was_reachable:
             log.warning("service registry unreachable, routing blindly until it is back: %s",
                         exc)
@@ -335,8 +317,6 @@ class ServiceView:
             item.error = None
             item.updated_at = now
             self._last_ok = now
-            self.version += 1
-            self._lock.notify_all()
         if not was_reachable and self._last_error_at is not None:
             log.info("service registry reachable again")
 

@@ -12,9 +12,10 @@ The same generic steps serve every entry, core or feature service, in this order
 import json
 import logging
 
-from flask import current_app, g, request
+from flask import current_app, request
 from marshmallow import ValidationError, fields
 
+from gateway import request_state
 from gateway.errors import UnsupportedMediaType
 from shared.errors import Forbidden, Invalid, PlinthError, Unauthorized
 
@@ -28,8 +29,9 @@ MAX_JSON_DEPTH = 32
 
 def rpc_context():
     """The nameko context data of this request: request id and actor."""
-    context = {"request_id": g.request_id}
-    principal = g.get("principal")
+    state = request_state.current()
+    context = {"request_id": state.request_id}
+    principal = state.principal
     if principal is not None:
         context["actor_id"] = principal.user_id
         context["actor_type"] = principal.actor_type
@@ -37,13 +39,13 @@ def rpc_context():
 
 
 def require_principal():
-    principal = g.get("principal")
-    if principal is not None:
-        return principal
-    error = g.get("auth_error")
+    state = request_state.current()
+    if state.principal is not None:
+        return state.principal
+    error = state.auth_error
     if error is not None:
         if isinstance(error, Unauthorized):
-            g.token_rejected = True
+            state.token_rejected = True
         raise error
     raise Unauthorized("an access token is required (Authorization: Bearer <token>)",
                        {"reason": "missing"})
@@ -130,7 +132,7 @@ def _pick(source, inputs, principal):
             client["user_agent"] = agent[:512]
         return client
     if source == "request_id":
-        return g.request_id
+        return request_state.current().request_id
     head, _, name = source.partition(".")
     return inputs[head].get(name)
 
@@ -146,8 +148,22 @@ def call_kwargs(route, inputs, principal):
     return kwargs
 
 
+def _render_accepted(route, result):
+    schema = route.accepted_response() if route.accepted_response is not None else None
+    body = schema.dump(result) if schema is not None else result
+    response = current_app.response_class(json.dumps(body, separators=(",", ":")),
+                                          status=202, mimetype="application/json")
+    try:
+        response.headers["Location"] = route.accepted.format(**result)
+    except (KeyError, IndexError, ValueError):
+        pass
+    return response
+
+
 def _render(route, result, response_schema):
     app = current_app
+    if route.accepted and isinstance(result, dict) and result.get("accepted") is True:
+        return _render_accepted(route, result)
     if route.status == 204:
         return app.response_class(status=204)
     if route.wrap:
@@ -171,13 +187,15 @@ def make_view(route, state):
         ("response", route.response))}
 
     def view(**path_values):
-        g.route = route
+        this = request_state.current()
+        this.route = route
         state.limits.hit(route.rate_limit)
         principal = None if route.public else require_principal()
         if route.needs_permission:
-            if not state.permissions.allows(principal.user_id, route.permission, route.scope):
-                raise Forbidden(f"this needs the permission {route.permission}",
-                                {"permission": route.permission})
+            for needed in (route.permission, *route.also):
+                if not state.permissions.allows(principal.user_id, needed, route.scope):
+                    raise Forbidden(f"this needs the permission {needed}",
+                                    {"permission": needed})
         if route.query is None and request.args:
             raise Invalid("this operation takes no query parameters",
                           {name: ["unknown field"] for name in request.args})
@@ -194,7 +212,7 @@ def make_view(route, state):
                                     call_kwargs(route, inputs, principal),
                                     timeout=route.timeout, context=rpc_context())
         except PlinthError:
-            g.target_error = True  # the route's ``errors`` remap applies to these only
+            this.target_error = True  # the route's ``errors`` remap applies to these only
             raise
         return _render(route, result, schemas["response"])
 

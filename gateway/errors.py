@@ -12,6 +12,7 @@ import uuid
 from flask import g, request
 from werkzeug.exceptions import HTTPException
 
+from gateway import request_state
 from shared.errors import PlinthError, TooManyRequests, Unauthorized, Unavailable
 
 __all__ = ["PROBLEM_MIME", "problem", "problem_document", "problem_for",
@@ -22,12 +23,14 @@ log = logging.getLogger("gateway.errors")
 PROBLEM_MIME = "application/problem+json"
 TYPE_PREFIX = "urn:plinth:problem:"
 # detail keys of a typed error that are safe and useful to show a client as they are
-PUBLIC_DETAILS = ("reason", "service", "reference", "retry_after", "timeout", "permission")
+PUBLIC_DETAILS = ("reason", "service", "reference", "retry_after", "timeout", "permission",
+                  "saga_id", "saga_status", "step", "role", "scope")
 
 HTTP_KINDS = {
     400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 406: "not_acceptable", 409: "conflict",
     413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    422: "unprocessable",
     429: "too_many_requests", 431: "headers_too_large", 500: "internal", 501: "not_implemented",
     503: "unavailable", 504: "timeout",
 }
@@ -57,7 +60,7 @@ def problem(status, title, detail=None, kind=None, errors=None, headers=None, **
 
     body = problem_document(status, title, detail, kind,
                             instance=request.path if request else None,
-                            request_id=getattr(g, "request_id", None) if g else None)
+                            request_id=request_state.current().request_id if g else None)
     if errors:
         body["errors"] = errors
     body.update({k: v for k, v in extra.items() if v is not None})
@@ -96,7 +99,7 @@ def problem_for(error, status=None):
         headers["Retry-After"] = str(_retry_after_unavailable())
     if status == 401 and isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' \
-            if getattr(g, "token_rejected", False) else "Bearer"
+            if request_state.current().token_rejected else "Bearer"
     errors = _field_errors(details) if status in (400, 409) else None
     if status == 400 and errors is None:
         errors = {"_schema": [error.message]}
@@ -138,11 +141,12 @@ def _http_error(exc):
 
 
 def _typed_error(exc):
-    route = getattr(g, "route", None)
+    state = request_state.current()
+    route = state.route
     # a route's remap is about its target's answers (e.g. a wrong current password), never
     # the gateway's own refusals (no token: 401 whatever the route says)
     status = route.error_status.get(exc.kind) \
-        if route is not None and g.get("target_error") else None
+        if route is not None and state.target_error else None
     if exc.status >= 500:
         log.warning("%s answered %s: %s", getattr(route, "target", "gateway"), exc.kind,
                     exc.message)

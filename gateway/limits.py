@@ -19,19 +19,31 @@ the IETF draft's. Responses of limited routes carry ``RateLimit-Limit``,
 import logging
 import threading
 import time
+from typing import NamedTuple
 
-from flask import g, request
+from flask import request
 from limits import parse_many
 from limits.storage import storage_from_string
 
+from gateway import request_state
 from shared.errors import TooManyRequests
 
-__all__ = ["RateLimits", "rate_limit_headers", "KINDS"]
+__all__ = ["RateLimits", "RateLimitState", "rate_limit_headers", "KINDS"]
 
 log = logging.getLogger("gateway.limits")
 
 KINDS = ("ip", "user")
 FALLBACK_SECONDS = 5.0
+
+
+class RateLimitState(NamedTuple):
+    """Where a request stands in one rate-limit window (the headers describe the tightest)."""
+
+    item: object  # the ``limits`` RateLimitItem: amount and window length
+    remaining: int
+    key: str
+    store: object  # where it was counted (Redis, or memory while Redis fails)
+    breached: bool
 
 
 class RateLimits:
@@ -65,7 +77,7 @@ class RateLimits:
         try:
             count = store.incr(key, item.get_expiry())
             return count, store
-        except Exception as exc:  # noqa: BLE001 - the storage failing must not fail requests
+        except Exception as exc:  # the storage failing must not fail requests
             if store is self.fallback:
                 raise
             with self._lock:
@@ -77,10 +89,12 @@ class RateLimits:
     def hit(self, route_class):
         """Count this request against its class's limits; TooManyRequests past one of them.
 
-        The tightest window (least remaining) is kept on ``g`` for the response headers."""
+        The tightest window (least remaining) is kept in the request state for the response
+        headers."""
         if not self.enabled:
             return
-        principal = g.get("principal")
+        state = request_state.current()
+        principal = state.principal
         keys = {"ip": request.remote_addr or "unknown",
                 "user": principal.user_id if principal is not None else None}
         tightest = None
@@ -90,14 +104,16 @@ class RateLimits:
             for item in self.items.get((route_class, kind), ()):
                 key = item.key_for(self.prefix, route_class, kind, keys[kind])
                 count, store = self._count(key, item)
-                state = (item, max(0, item.amount - count), key, store, count > item.amount)
-                if tightest is None or state[4] or (not tightest[4] and state[1] < tightest[1]):
-                    tightest = state
-                if state[4]:
-                    g.rate_limit = tightest
+                window = RateLimitState(item, max(0, item.amount - count), key, store,
+                                count > item.amount)
+                if tightest is None or window.breached or \
+                        (not tightest.breached and window.remaining < tightest.remaining):
+                    tightest = window
+                if window.breached:
+                    state.rate_limit = tightest
                     raise TooManyRequests("rate limit exceeded; retry later", {
                         "retry_after": _reset_in(item, key, store), "limit": str(item)})
-        g.rate_limit = tightest
+        state.rate_limit = tightest
 
 
 class Windows:
@@ -142,15 +158,15 @@ def _reset_in(item, key, store):
 
 
 def rate_limit_headers(response):
-    state = g.get("rate_limit")
-    if state is None:
+    window = request_state.current().rate_limit
+    if window is None:
         return response
-    item, remaining, key, store, breached = state
-    reset = _reset_in(item, key, store)
+    item = window.item
+    reset = _reset_in(item, window.key, window.store)
     response.headers["RateLimit-Limit"] = str(item.amount)
-    response.headers["RateLimit-Remaining"] = "0" if breached else str(remaining)
+    response.headers["RateLimit-Remaining"] = "0" if window.breached else str(window.remaining)
     response.headers["RateLimit-Reset"] = str(reset)
     response.headers["RateLimit-Policy"] = f"{item.amount};w={item.get_expiry()}"
-    if breached:
+    if window.breached:
         response.headers["Retry-After"] = str(max(1, reset))
     return response

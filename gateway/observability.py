@@ -11,9 +11,9 @@ import logging
 import os
 import time
 
-from flask import g, request
+from flask import request
 
-from gateway import metrics
+from gateway import metrics, request_state
 from shared import context
 
 __all__ = ["REQUEST_ID_HEADER", "begin", "finish", "register"]
@@ -23,10 +23,12 @@ access_log = logging.getLogger("gateway.access")
 
 
 def begin():
-    g.started = time.perf_counter()
+    state = request_state.current()
+    state.started = time.perf_counter()
     incoming = request.headers.get(REQUEST_ID_HEADER)
-    g.request_id = incoming if context.valid_request_id(incoming) else context.new_request_id()
-    context.request_id_var.set(g.request_id)
+    state.request_id = incoming if context.valid_request_id(incoming) \
+        else context.new_request_id()
+    context.request_id_var.set(state.request_id)
     context.actor_var.set(None)
 
 
@@ -34,21 +36,21 @@ def _route_label(response):
     rule = request.url_rule
     if rule is None:
         return "unmatched"
-    route = g.get("route")
+    route = request_state.current().route
     return route.path if route is not None else rule.rule
 
 
 def finish(response):
-    request_id = g.get("request_id")
-    if request_id is None:  # a failure before begin() ran
+    state = request_state.current()
+    if state.request_id is None:  # a failure before begin() ran
         begin()
-        request_id = g.request_id
+    request_id = state.request_id
     response.headers[REQUEST_ID_HEADER] = request_id
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    seconds = time.perf_counter() - state.started
     route = _route_label(response)
     metrics.observe_request(request.method, route, response.status_code, seconds)
-    if g.get("access_log", True) and access_log.isEnabledFor(logging.INFO):
-        principal = g.get("principal")
+    if state.access_log and access_log.isEnabledFor(logging.INFO):
+        principal = state.principal
         access_log.info("%s %s %s", request.method, route, response.status_code, extra={
             "request_id": request_id,
             "method": request.method,
@@ -70,11 +72,13 @@ def _forget_context(_exc=None):
     context.actor_var.set(None)
 
 
+def _no_access_log():
+    request_state.current().access_log = False
+
+
 def register(app, access=True):
     app.before_request(begin)
     app.after_request(finish)
     app.teardown_request(_forget_context)
     if not access:
-        @app.before_request
-        def _no_access_log():
-            g.access_log = False
+        app.before_request(_no_access_log)

@@ -43,6 +43,7 @@ ERRORS = {
     403: "The caller lacks the permission",
     404: "Not found",
     409: "Conflict with the current state (e.g. the email is taken)",
+    422: "Well-formed but refused (e.g. a role that does not exist)",
     413: "The body is too large",
     415: "The body is not JSON",
     429: "Rate limit exceeded: see Retry-After",
@@ -77,6 +78,11 @@ def _operation(route):
         body_schema = route.response if route.response is not None else {}
         success["content"] = {"application/json": {"schema": body_schema}}
     operation["responses"][str(route.status)] = success
+    if route.accepted:
+        operation["responses"]["202"] = {
+            "description": f"Accepted, still running: follow Location ({route.accepted})",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": route.accepted_response or {}}}}
     codes = [400, 401, 404, 409, 429, 503, 504]
     if not route.public or 403 in route.error_status.values():
         codes.append(403)

@@ -3,8 +3,9 @@
 An entry says which ``METHOD /path`` maps to which ``service.method``, what it needs
 (permission, rate-limit class, timeout), how HTTP inputs become the call's keyword arguments,
 and the marshmallow schemas of its path parameters, query, body and response. The core API
-(SPEC §4) is ``CORE_ROUTES`` below; feature services add theirs with a YAML file each in
-``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code changes.
+(the table in README, "The gateway") is ``CORE_ROUTES`` below; feature services add theirs
+with a YAML file each in ``config/routes.d/`` (``ROUTES_DIR``), read at start: no gateway code
+changes.
 
 Route files (``config/routes.d/<service>.yaml``)::
 
@@ -57,9 +58,9 @@ from pathlib import Path
 import marshmallow
 from marshmallow import fields, validate
 
-from authz import permissions as perms
 from gateway import schemas as s
 from gateway.settings import read_yaml
+from shared import contracts
 from shared.config import ConfigError
 from shared.schemas import Schema
 
@@ -96,6 +97,12 @@ class Route:
     args: dict | None = None
     wrap: str | None = None
     location: str | None = None
+    # more permissions the caller must also hold (each checked like ``permission``)
+    also: tuple = ()
+    # an answer {"accepted": true, ...} means "still running": 202, this Location, the body
+    # through ``accepted_response``
+    accepted: str | None = None
+    accepted_response: type[Schema] | None = None
     error_status: dict = field(default_factory=dict)
     summary: str = ""
     tag: str = ""
@@ -141,9 +148,12 @@ class Route:
             raise ConfigError(f"{where}: target must be service.method")
         if not isinstance(self.permission, str) or not self.permission:
             raise ConfigError(f"{where}: {PERMISSION_REQUIRED}")
-        if self.needs_permission and not perms.is_valid(self.permission):
-            raise ConfigError(f"{where}: {perms.problem(self.permission)} "
+        if self.needs_permission and not contracts.is_valid(self.permission):
+            raise ConfigError(f"{where}: {contracts.problem(self.permission)} "
                               f"(permission {self.permission!r})")
+        for extra in self.also:
+            if not contracts.is_valid(extra):
+                raise ConfigError(f"{where}: {contracts.problem(extra)} (permission {extra!r})")
         if self.rate_limit not in RATE_CLASSES:
             raise ConfigError(f"{where}: rate_limit must be one of {', '.join(RATE_CLASSES)}")
         if self.timeout is not None and not 0 < self.timeout <= 300:
@@ -215,7 +225,17 @@ CORE_ROUTES = [
     # -- users (administration) ---------------------------------------------------------------
     _r("GET", "/users", "identity.list_users", permission="users:read", rate_limit="read",
        query=s.ListUsersQuery, response=s.UserPageSchema, args={"filters": "query"},
-       tag="users", name="list_users", summary="List users, newest first (keyset pages)"),
+       tag="users", name="list_users", summary="List users, oldest first (keyset pages)"),
+    _r("POST", "/admin/users", "identity.provision_user", permission="users:write",
+       also=("roles:write",), status=201, timeout=15, body=s.ProvisionUserSchema,
+       response=s.ProvisionedUserSchema, args={"data": "body"}, location=API + "/users/{id}",
+       accepted=API + "/sagas/{saga_id}", accepted_response=s.SagaAcceptedSchema,
+       error_status={"not_found": 422}, tag="users", name="provision_user",
+       summary="Create a user with roles (a saga: 201 when done, 202 while it goes on, 422 "
+               "naming a role that could not be assigned, with the saga id)"),
+    _r("GET", "/sagas/{saga_id}", "identity.get_saga", permission="sagas:read",
+       rate_limit="read", path_params=s.SagaPath, response=s.SagaSchema, tag="sagas",
+       name="get_saga", summary="A saga's status, current step and error"),
     _r("GET", "/users/{user_id}", "identity.get_user", permission="users:read",
        rate_limit="read", path_params=s.UserPath, response=s.UserSchema, tag="users",
        name="get_user", summary="Read a user"),

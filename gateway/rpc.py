@@ -6,9 +6,11 @@ after the fork so that no socket or thread crosses it, which all its threads sha
 reconnects by itself after a broker outage. (``make bench`` compares it with stock
 ``ClusterRpcProxy``s: tests/bench/nameko_backend.py.)
 
-Hooks: ``before_rpc(service)`` callables run before every call and may raise a typed error
-(for example ``Unavailable`` when no healthy instance is registered, or an open circuit
-breaker); ``after_rpc(service, outcome, seconds)`` callables see every result.
+Hooks, registered by name (``add_before_rpc(name, hook)``, ``add_after_rpc(name, hook)``) and
+run in the order they were added: a before-hook ``hook(service)`` runs before every call and
+may raise a typed error (for example ``Unavailable`` when no healthy instance is registered,
+or an open circuit breaker); an after-hook ``hook(service, outcome, seconds)`` sees every
+result.
 """
 
 import itertools
@@ -31,10 +33,11 @@ log = logging.getLogger("gateway.rpc")
 class PooledBackend:
     """``size`` thread-safe ``RpcClient``s per process, shared by all its threads.
 
-    One client would do, but it publishes under a lock held until the broker confirms the
-    message, so with many threads the calls queue behind each other; a few clients (each a
-    publishing and a consuming connection, and a reader thread) spread them. A thread keeps
-    the client it was first given."""
+    One client would do, but its threads take turns to send: it publishes under a write lock
+    (py-amqp's connection is not thread-safe; there are no publisher confirms to wait for), so
+    with many threads the calls queue behind each other; a few clients (each a publishing and
+    a consuming connection, and a reader thread) spread them. A thread keeps the client it was
+    first given."""
 
     def __init__(self, amqp_uri, timeout, connect_timeout, size=4):
         self.amqp_uri, self.timeout, self.connect_timeout = amqp_uri, timeout, connect_timeout
@@ -100,8 +103,18 @@ class RpcPool:
         self.backend_name = "pooled"
         self.backend = PooledBackend(amqp_uri, timeout, connect_timeout, size=size)
         self.timeout = timeout
-        self.before_rpc = []
-        self.after_rpc = []
+        # (name, hook) pairs; replaced, never changed in place, so calls in flight on other
+        # threads keep iterating the tuple they started with
+        self._before_rpc = ()
+        self._after_rpc = ()
+
+    def add_before_rpc(self, name, hook):
+        """Run ``hook(service)`` before every call; it may raise a typed error to refuse it."""
+        self._before_rpc = _with_hook(self._before_rpc, name, hook)
+
+    def add_after_rpc(self, name, hook):
+        """Run ``hook(service, outcome, seconds)`` after every call, whatever its outcome."""
+        self._after_rpc = _with_hook(self._after_rpc, name, hook)
 
     def call(self, service, method, kwargs=None, timeout=None, context=None):
         """``service.method(**kwargs)``'s result, or its typed error.
@@ -109,7 +122,7 @@ class RpcPool:
         Errors: the service's own (``shared.errors``), ``RpcTimeout`` (504),
         ``ServiceNotRunning`` and ``BrokerUnavailable`` (503).
         """
-        for hook in self.before_rpc:
+        for _name, hook in self._before_rpc:
             hook(service)
         timeout = self.timeout if timeout is None else timeout
         started = time.perf_counter()
@@ -131,11 +144,11 @@ class RpcPool:
         finally:
             elapsed = time.perf_counter() - started
             metrics.RPC_LATENCY.labels(service, outcome).observe(elapsed)
-            for hook in self.after_rpc:
+            for name, hook in self._after_rpc:
                 try:
                     hook(service, outcome, elapsed)
-                except Exception:
-                    log.exception("after_rpc hook failed")
+                except Exception:  # a hook must not turn a result into an error
+                    log.exception("after_rpc hook %s failed", name)
 
     def connected(self, wait=0.0):
         return self.backend.connected(wait)
@@ -146,3 +159,10 @@ class RpcPool:
 
     def close(self):
         self.backend.close()
+
+
+def _with_hook(hooks, name, hook):
+    """``hooks`` and then ``(name, hook)``; a name already there is a mistake in the wiring."""
+    if any(existing == name for existing, _ in hooks):
+        raise ValueError(f"an RPC hook named {name!r} is already registered")
+    return (*hooks, (name, hook))

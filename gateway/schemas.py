@@ -5,17 +5,19 @@ from datetime import datetime
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from shared.contracts import (
+    ACTOR_TYPES,
+    AUDIT_OUTCOMES,
+    REQUEST_ID_PATTERN,
+    USER_STATUSES,
+    USER_TYPES,
+)
 from shared.ids import is_uuid
 from shared.schemas import Schema
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{1,63}$"
 NAME_MESSAGE = ("must be 2-64 characters: a lower-case letter, then lower-case letters, "
                 "digits, '_', '-' or '.'")
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
-USER_STATUSES = ("active", "disabled", "deleted")
-USER_TYPES = ("user", "service", "system")
-ACTOR_TYPES = ("user", "service", "system")
-OUTCOMES = ("success", "failure", "unknown")
 
 
 class Uuid(fields.String):
@@ -81,6 +83,11 @@ class ProblemSchema(Schema):
     retry_after = fields.Float()
     timeout = fields.Float()
     permission = fields.String(metadata={"description": "the permission a 403 lacked"})
+    saga_id = fields.String(metadata={"description": "the saga the failed operation ran"})
+    saga_status = fields.String(metadata={"description": "that saga's status"})
+    step = fields.String(metadata={"description": "the saga step that was refused"})
+    role = fields.String(metadata={"description": "the role concerned"})
+    scope = fields.String(metadata={"description": "the scope of that role"})
 
 
 # -- users ------------------------------------------------------------------------------------
@@ -135,6 +142,60 @@ class UserSchema(Schema):
     updated_at = Timestamp(allow_none=True)
     password_changed_at = Timestamp(allow_none=True)
     deleted_at = Timestamp(allow_none=True)
+
+
+ROLE_NAME = validate.Regexp(r"^[a-z][a-z0-9_.\-]{1,63}\Z",
+                            error="2-64 characters: a lower-case letter, then lower-case "
+                                  "letters, digits, '_', '-' or '.'")
+
+
+class ScopedRoleSchema(Schema):
+    role = fields.String(required=True, validate=ROLE_NAME)
+    scope = fields.String(required=True, validate=ROLE_NAME)
+
+
+class ProvisionUserSchema(Schema):
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    password = _text(256, 1, required=True)
+    display_name = _text(200)
+    roles = fields.List(fields.String(validate=ROLE_NAME), validate=validate.Length(max=50))
+    scoped_roles = fields.List(fields.Nested(ScopedRoleSchema),
+                               validate=validate.Length(max=50))
+
+
+class ProvisionedRoleSchema(Schema):
+    role = fields.String(required=True)
+    scope = fields.String(allow_none=True)
+
+
+class ProvisionedUserSchema(UserSchema):
+    roles = fields.List(fields.Nested(ProvisionedRoleSchema), required=True)
+    saga_id = fields.String(required=True)
+
+
+class SagaPath(Schema):
+    saga_id = Uuid(required=True)
+
+
+class SagaAcceptedSchema(Schema):
+    accepted = fields.Boolean(required=True)
+    saga_id = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class SagaSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "running, completed, compensating, compensated or failed"})
+    current_step = fields.String(allow_none=True)
+    steps = fields.List(fields.String())
+    input = fields.Dict()
+    results = fields.Dict()
+    error = fields.Dict(allow_none=True)
+    created_at = Timestamp()
+    updated_at = Timestamp()
+    finished_at = Timestamp(allow_none=True)
 
 
 class UserPageSchema(Schema):
@@ -250,7 +311,7 @@ class AuditQuery(Schema):
     subject = _text(255, 1)
     service = _text(64, 1, metadata={"description": "the service that recorded it"})
     request_id = fields.String(validate=validate.Regexp(REQUEST_ID_PATTERN))
-    outcome = fields.String(validate=validate.OneOf(OUTCOMES))
+    outcome = fields.String(validate=validate.OneOf(AUDIT_OUTCOMES))
     since = Timestamp()
     until = Timestamp()
     limit = _limit()

@@ -16,16 +16,19 @@ from dataclasses import dataclass
 import jwt
 
 from gateway import metrics
+from shared.contracts import (
+    MAX_TOKEN_LENGTH,
+    VERIFIED_CLAIMS,
+    is_access_token_type,
+    token_rejection,
+)
 from shared.errors import PlinthError, Unauthorized, Unavailable
 from shared.ids import is_uuid
 
-__all__ = ["Jwks", "TokenValidator", "Principal", "bearer_token", "ACCEPTED_TYPES"]
+__all__ = ["Jwks", "TokenValidator", "Principal", "bearer_token"]
 
 log = logging.getLogger("gateway.security")
 
-ACCEPTED_TYPES = {"at+jwt", "application/at+jwt"}
-REQUIRED_CLAIMS = ("exp", "iat", "nbf", "iss", "aud", "sub")
-MAX_TOKEN_LENGTH = 8192
 CACHE_SIZE = 10000
 ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
               "EdDSA"}
@@ -201,7 +204,7 @@ class TokenValidator:
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if alg not in self.algorithms:
             raise rejected("algorithm", "algorithm not allowed")
-        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        if not is_access_token_type(typ):
             raise rejected("type", "not an access token")
         if not isinstance(kid, str) or not kid or len(kid) > 200:
             raise rejected("unknown_key", "no key id")
@@ -213,21 +216,9 @@ class TokenValidator:
         try:
             claims = jwt.decode(token, key.key, algorithms=[alg], audience=self.audience,
                                 issuer=self.issuer, leeway=self.leeway,
-                                options={"require": list(REQUIRED_CLAIMS)})
-        except jwt.ExpiredSignatureError:
-            raise rejected("expired", "expired") from None
-        except jwt.ImmatureSignatureError:
-            raise rejected("not_yet_valid", "not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise rejected("audience", "wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise rejected("issuer", "wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise rejected("claims", f"missing claim {exc.claim}") from None
-        except jwt.InvalidSignatureError:
-            raise rejected("signature", "bad signature") from None
-        except jwt.InvalidTokenError:
-            raise rejected("malformed", "not a well-formed access token") from None
+                                options={"require": list(VERIFIED_CLAIMS)})
+        except jwt.InvalidTokenError as exc:
+            raise rejected(*token_rejection(exc)) from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not is_uuid(subject):
             raise rejected("claims", "the subject is not a user id")

@@ -110,7 +110,7 @@ def read_yaml(path):
     """A YAML config file with ``${VAR:default}`` expanded (empty values become None)."""
     try:
         with open(path) as stream:
-            data = yaml.load(stream, Loader=_EnvLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(stream, Loader=_EnvLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if data is None:

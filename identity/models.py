@@ -1,6 +1,7 @@
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared import sagas
 from shared.db import UTCDateTime, service_metadata
 
 SCHEMA = "identity"
@@ -27,3 +28,7 @@ class User(Base):
     deleted_at = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (sa.Index("ix_users_status_id", "status", "id"),)
+
+
+# the state of the sagas identity runs (user provisioning: identity/provisioning.py)
+SAGAS = sagas.define_table(Base.metadata)

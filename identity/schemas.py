@@ -2,11 +2,12 @@ import time
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from shared.contracts import USER_STATUSES, USER_TYPES
 from shared.ids import uuid7_millis
 from shared.schemas import Schema
 
-STATUSES = ("active", "disabled", "deleted")
-TYPES = ("user", "service", "system")
+STATUSES = USER_STATUSES
+TYPES = USER_TYPES
 
 Email = fields.Email
 email_field = dict(required=True, validate=validate.Length(max=320))
@@ -39,6 +40,35 @@ class CreateUserSchema(Schema):
     def password_required_for_people(self, data, **kwargs):
         if data.get("type", "user") == "user" and not data.get("password"):
             raise ValidationError("required for users", "password")
+
+
+# authz's rule for role and scope names, checked here too so that a typo fails at once (400)
+# rather than after a user was created and removed again
+ROLE_NAME = validate.Regexp(r"^[a-z][a-z0-9_.\-]{1,63}\Z",
+                            error="2-64 characters: a lower-case letter, then lower-case "
+                                  "letters, digits, '_', '-' or '.'")
+MAX_ROLES = 50
+
+
+class ScopedRoleSchema(Schema):
+    role = fields.String(required=True, validate=ROLE_NAME)
+    scope = fields.String(required=True, validate=ROLE_NAME)
+
+
+class ProvisionUserSchema(Schema):
+    """An administrator's new user with roles (a saga: identity/provisioning.py)."""
+
+    email = Email(**email_field)
+    password = fields.String(required=True, validate=validate.Length(max=256))
+    display_name = fields.String(load_default="", **display_name_field)
+    roles = fields.List(fields.String(validate=ROLE_NAME), load_default=list,
+                        validate=validate.Length(max=MAX_ROLES))
+    scoped_roles = fields.List(fields.Nested(ScopedRoleSchema), load_default=list,
+                               validate=validate.Length(max=MAX_ROLES))
+
+
+class SagaIdSchema(Schema):
+    saga_id = fields.UUID(required=True)
 
 
 class UpdateUserSchema(Schema):

@@ -1,14 +1,18 @@
 from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy
 
-from identity import schemas, users
+from identity import provisioning, schemas, users
 from identity.dependencies import Passwords
 from identity.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
 from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
+from shared.sagas import Sagas
 
+# seconds provision_user waits for its saga before answering "accepted, still running"
+PROVISIONING_WAIT_KEY = "PROVISIONING_WAIT"
 SENSITIVE = ("password", "old_password", "new_password", "data")
 
 
@@ -19,6 +23,7 @@ class IdentityService(kernel.ServiceBase):
     db = Database(Base.metadata)
     passwords = Passwords()
     authz_rpc = RpcProxy("authz")
+    sagas = Sagas(provisioning.PROVISION_USER)
 
     @rpc(sensitive_arguments=SENSITIVE)
     def create_user(self, data=None, **fields):
@@ -81,6 +86,23 @@ class IdentityService(kernel.ServiceBase):
     def verify_credentials(self, email=None, password=None):
         payload = load(schemas.CredentialsSchema(), {"email": email, "password": password})
         return users.to_dict(users.verify(self.db, self.passwords, **payload))
+
+    @rpc(sensitive_arguments=SENSITIVE)
+    def provision_user(self, data=None, **fields):
+        """A user with roles, as a saga: the user and its roles when it completed in time,
+        the failing step's error (with ``saga_id``) when it was compensated, else
+        ``{accepted, saga_id, status}`` (it goes on by itself; ``get_saga`` follows it)."""
+        payload = load(schemas.ProvisionUserSchema(), rpc_input(data, fields))
+        saga_input = provisioning.prepare(self.db, self.passwords, payload)
+        self.db.close()  # the saga runs in units of its own: give this connection back
+        wait = setting(self.config, PROVISIONING_WAIT_KEY, 5.0, float)
+        saga = self.sagas.start(provisioning.PROVISION_USER.name, saga_input, wait=wait)
+        return provisioning.answer(saga)
+
+    @rpc
+    def get_saga(self, saga_id):
+        payload = load(schemas.SagaIdSchema(), {"saga_id": saga_id})
+        return self.sagas.get(str(payload["saga_id"]))
 
     def _global_admins(self):
         """Who holds ``admin`` globally, from authz (identity knows no roles). When authz does

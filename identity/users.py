@@ -120,13 +120,16 @@ def create(uow, hasher, data):
     if by_email(uow, email) is not None:
         raise email_taken(email)
     stamp = now()
+    # a saga keeps only the hash of the password it was given (identity/provisioning.py)
+    hashed = data.get("password_hash") or (
+        hasher.hash(data["password"]) if data.get("password") else None)
     user = User(
         id=chosen_id or uuid7(), email=email, email_normalized=normalise_email(email),
         display_name=data.get("display_name") or "", status="active",
         type=data.get("type", "user"),
-        password_hash=hasher.hash(data["password"]) if data.get("password") else None,
+        password_hash=hashed,
         created_at=stamp, updated_at=stamp,
-        password_changed_at=stamp if data.get("password") else None,
+        password_changed_at=stamp if hashed else None,
     )
     uow.session.add(user)
     commit_unique(uow, email, "user.created", user.id, public_fields(user), new_id=chosen_id)

@@ -19,6 +19,7 @@ from importlib import metadata
 
 import kombu.serialization
 from amqp.exceptions import ConnectionError as AmqpConnectionError
+from kombu.exceptions import EncodeError
 from kombu.exceptions import OperationalError as BrokerError
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
@@ -157,7 +158,7 @@ class KeptConnectionRpcConsumer(RpcConsumer):
         try:
             content_type, _, body = kombu.serialization.dumps(
                 {"result": result, "error": error}, serializer)
-        except Exception:  # noqa: BLE001 - whatever the result holds that cannot be encoded
+        except EncodeError:  # the result holds what the serializer cannot encode
             exc_info = sys.exc_info()
             error = serialize(UnserializableValueError(result))
             result = None

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 from nameko.extensions import DependencyProvider
 
+from shared.contracts import ACTOR_TYPES, REQUEST_ID_PATTERN
+
 __all__ = [
     "REQUEST_ID_KEY",
     "ACTOR_ID_KEY",
@@ -24,9 +26,7 @@ __all__ = [
 REQUEST_ID_KEY = "request_id"
 ACTOR_ID_KEY = "actor_id"
 ACTOR_TYPE_KEY = "actor_type"
-ACTOR_TYPES = ("user", "service", "system")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 request_id_var = ContextVar("plinth_request_id", default=None)
 actor_var = ContextVar("plinth_actor", default=None)
@@ -85,13 +85,6 @@ class Context:
     def __init__(self, context_data):
         self.data = context_data
         self.request_id, self.actor = bind(context_data)
-
-    def as_actor(self, actor):
-        """Make downstream calls and events of this worker act as ``actor``."""
-        self.data[ACTOR_ID_KEY] = actor.id
-        self.data[ACTOR_TYPE_KEY] = actor.type
-        self.actor = actor
-        actor_var.set(actor)
 
 
 class RequestContext(DependencyProvider):

@@ -90,7 +90,7 @@ class HealthReport:
         # fault), but Consul keeps this body as the check's output, which /status shows
         return ready, {"status": "ready" if ready else "not ready", "state": self.provider.state,
                        "checks": {c.name: c.to_dict() for c in checks},
-                       **self.provider.outbox_info()}
+                       **self.provider.outbox_info(), **self.provider.hub.ready_info()}
 
     def detail(self):
         checks = self.checks()
@@ -114,6 +114,7 @@ class HealthReport:
             "checks": {c.name: c.to_dict() for c in checks + advisories},
             **provider.outbox_info(),
             **provider.hub.info(),
+            **provider.hub.ready_info(),
         }
 
 
@@ -121,9 +122,10 @@ class Health(DependencyProvider):
     """Tracks the lifecycle state and answers health checks for the service's web server.
 
     The other providers show themselves through the container's ``Hub``: ``add_info`` (a
-    section of ``/health``) and ``add_advisory`` (a check shown in ``/health`` that makes it
-    "degraded" but never fails readiness: a working instance must not leave service because
-    Consul is away).
+    section of ``/health``), ``add_ready_info`` (also in the readiness body, which Consul keeps
+    as the check's output for /status: stuck sagas) and ``add_advisory`` (a check shown in
+    ``/health`` that makes it "degraded" but never fails readiness: a working instance must
+    not leave service because Consul is away).
     """
 
     hub = Hub()

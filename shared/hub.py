@@ -19,6 +19,7 @@ class Hub(SharedExtension):
     def __init__(self):
         self.databases = []
         self.infos = []  # callables returning a dict merged into /health's body
+        self.ready_infos = []  # the same, also in /health/ready's body
         self.advisories = []  # callables returning a Check: shown, never failing readiness
         self.on_stopping = []  # callables(timeout) run before in-flight workers drain
 
@@ -29,6 +30,9 @@ class Hub(SharedExtension):
 
     def add_info(self, info):
         self.infos.append(info)
+
+    def add_ready_info(self, info):
+        self.ready_infos.append(info)
 
     def add_advisory(self, check):
         self.advisories.append(check)
@@ -52,10 +56,10 @@ class Hub(SharedExtension):
         return self.databases[0]
 
     def info(self):
-        merged = {}
-        for info in self.infos:
-            merged.update(info())
-        return merged
+        return _merged(self.infos)
+
+    def ready_info(self):
+        return _merged(self.ready_infos)
 
     def run_advisories(self):
         return [check() for check in self.advisories]
@@ -64,3 +68,10 @@ class Hub(SharedExtension):
         """The container begins to stop: tell every provider that asked (see DeregisterFirst)."""
         for hook in self.on_stopping:
             hook(timeout)
+
+
+def _merged(infos):
+    merged = {}
+    for info in infos:
+        merged.update(info())
+    return merged

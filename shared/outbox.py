@@ -80,7 +80,7 @@ def utcnow():
 
 
 def envelope(service, event_type, subject, data, context_data, actor=None):
-    """The event as every consumer sees it (SPEC §2)."""
+    """The event as every consumer sees it (README, "The services": Envelope)."""
     actor = actor or actor_from(context_data)
     return {
         "event_id": str(uuid.uuid4()),

@@ -218,7 +218,7 @@ class Redelivery(SharedExtension):
         # time): one more try, on a new connection, before the caller gives the message back
         try:
             return action(*args)
-        except Exception as exc:
+        except Exception as exc:  # only broker trouble is worth the second try
             if not is_broker_trouble(exc):
                 raise
             log.info("publishing a failed message again on a new connection (%s)",

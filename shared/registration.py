@@ -237,7 +237,7 @@ class Registration(DependencyProvider):
                     log.warning("cannot register %s with Consul (%s); the service keeps "
                                 "running and retries", self.instance.id, exc)
                 failing = True
-            except Exception:
+            except Exception:  # the loop must outlive a bug in one round
                 log.exception("registration round failed")
                 delay = backoff.next()
             self._wake.wait(delay)

@@ -12,8 +12,7 @@ from shared import compat
 from shared import config as cfg
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 
-__all__ = ["Rpc", "rpc", "load", "dump", "rpc_input", "call_service", "rpc_timeout",
-           "rpc_timeout_key"]
+__all__ = ["Rpc", "rpc", "load", "rpc_input", "call_service", "rpc_timeout", "rpc_timeout_key"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,6 @@ def load(schema, data, partial=None):
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise Invalid("invalid input: " + ", ".join(sorted(map(str, messages))),
                       messages) from None
-
-
-def dump(schema, obj, many=False):
-    return schema.dump(obj, many=many)
 
 
 def call_service(service, method, *args, timeout, **kwargs):

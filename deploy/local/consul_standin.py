@@ -396,7 +396,7 @@ class Handler(BaseHTTPRequestHandler):
     # ACK holds the body back ~40 ms (Consul itself answers in one)
     disable_nagle_algorithm = True
 
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+    def log_message(self, format, *args):  # the stdlib's signature
         pass  # the agent logs what matters; one line per request would drown it
 
     @property
@@ -507,16 +507,16 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a watcher stopping mid-query)
 
-    def do_GET(self):  # noqa: N802 - the stdlib's naming
+    def do_GET(self):  # the stdlib's naming
         self._handle("GET")
 
-    def do_PUT(self):  # noqa: N802
+    def do_PUT(self):
         self._handle("PUT")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._handle("POST")
 
-    def do_DELETE(self):  # noqa: N802
+    def do_DELETE(self):
         self._handle("DELETE")
 
 

@@ -11,6 +11,7 @@ Every port and address can be changed through the environment (see ``Settings``)
 in SQLite files under var/ unless ``<SERVICE>_DB_URI`` points elsewhere.
 """
 
+import http.client
 import json
 import os
 import re
@@ -108,7 +109,7 @@ class Platform:
 
     def spawn(self, name, argv, env, ready_url=None):
         log = self.logs / f"{name}.log"
-        handle = open(log, "w")  # noqa: SIM115 - the child owns it
+        handle = open(log, "w")  # the child owns it
         # own session: the terminal's Ctrl-C reaches only this launcher, which stops the
         # children in order (services deregister from Consul on SIGTERM)
         popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle,
@@ -324,23 +325,23 @@ class StartError(Exception):
 
 def _ok(url):
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
-    except Exception:  # noqa: BLE001 - not ready yet
+    except (OSError, http.client.HTTPException):  # not answering, or not ready yet
         return False
 
 
 def _json(url):
     """The JSON body at ``url`` (a service's /health answers 503 with one too), or None."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=2) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         try:
             return json.loads(error.read())
         except ValueError:
             return None
-    except Exception:  # noqa: BLE001 - not answering yet
+    except (OSError, http.client.HTTPException, ValueError):  # not answering (well) yet
         return None
 
 

@@ -39,7 +39,7 @@ def _gunicorn(env, name, app, **extra):
                                 GATEWAY_WORKERS=WORKERS, GATEWAY_THREADS=THREADS,
                                 PROMETHEUS_MULTIPROC_DIR=env.var / f"prometheus-{name}",
                                 LOG_LEVEL="INFO", **LIMITS, **extra)
-    log = open(env.var / f"{name}-{port}.log", "w")  # noqa: SIM115 - closed with the process
+    log = open(env.var / f"{name}-{port}.log", "w")  # closed with the process
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py",
                              app], cwd=ROOT, env=variables, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -167,8 +167,8 @@ def _identity_ceiling(env, user_id):
 
 def _in_process(token, jwks, user_id, grants):
     """What the gateway does around the RPC, timed in this process."""
-    from authz.permissions import Grants
     from gateway.security import Jwks, TokenValidator
+    from shared.contracts import Grants
 
     keys = Jwks(lambda: jwks, ["RS256", "ES256", "EdDSA"])
     validator = TokenValidator(keys, "plinth", "plinth-api", algorithms=["RS256", "ES256",

@@ -22,7 +22,9 @@ from nameko.testing.utils import find_free_port
 
 from gateway.breakers import Breakers
 from gateway.discovery import ServiceView
+from tests.support.breakers import call as guarded_call
 from tests.support.consul import ConsulAgent
+from tests.support.discovery import wait_for
 
 INTERVAL = 1.0
 
@@ -63,11 +65,11 @@ def propagation(agent, view, rounds=20):
                           "Status": "passing"}}
         started = time.perf_counter()
         agent.put("/v1/agent/service/register", body)
-        assert view.wait_for(lambda v: v.has_passing("bench") is True, 5)
+        assert wait_for(view, lambda v: v.has_passing("bench") is True, 5)
         seen.append(time.perf_counter() - started)
         started = time.perf_counter()
         agent.put(f"/v1/agent/service/deregister/{ident}")
-        assert view.wait_for(lambda v: v.has_passing("bench") is False, 5)
+        assert wait_for(view, lambda v: v.has_passing("bench") is False, 5)
         seen.append(time.perf_counter() - started)
     return seen
 
@@ -88,16 +90,16 @@ def processes(env, agent, view):
         return {int(i["id"].rsplit("-", 1)[1]): i["status"]
                 for i in service.get("instances", []) if int(i["id"].rsplit("-", 1)[1]) in ports}
 
-    assert view.wait_for(lambda v: list(statuses().values()) == ["passing"] * 2, 15)
+    assert wait_for(view, lambda v: list(statuses().values()) == ["passing"] * 2, 15)
     results["ready_to_passing"] = time.monotonic() - ready
     results["start_to_passing"] = time.monotonic() - started
     procs[0].kill()
     killed = time.monotonic()
-    assert view.wait_for(lambda v: statuses().get(ports[0]) == "critical", 10)
+    assert wait_for(view, lambda v: statuses().get(ports[0]) == "critical", 10)
     results["sigkill_to_critical"] = time.monotonic() - killed
     procs[1].terminate()
     termed = time.monotonic()
-    assert view.wait_for(lambda v: ports[1] not in statuses(), 10)
+    assert wait_for(view, lambda v: ports[1] not in statuses(), 10)
     results["sigterm_to_deregistered"] = time.monotonic() - termed
     procs[1].wait(timeout=15)
     return results
@@ -109,7 +111,7 @@ def run(env):
         view = ServiceView.from_config({"CONSUL_HTTP_ADDR": agent.address},
                                        services=["identity", "bench"], wait=30).start()
         try:
-            assert view.wait_for(lambda v: v.has_passing("bench") is False, 5)
+            assert wait_for(view, lambda v: v.has_passing("bench") is False, 5)
             return _measure(env, agent, view)
         finally:
             view.stop()
@@ -125,14 +127,14 @@ def _measure(env, agent, view):
 
     bare_us = per_call_us(noop)
     view_us = per_call_us(lambda: view.has_passing("identity"))
-    ours_us = per_call_us(lambda: breakers.call("identity", noop))
+    ours_us = per_call_us(lambda: guarded_call(breakers.get("identity"), noop))
     theirs_us = per_call_us(lambda: theirs.call(noop))
 
     def slow():
         time.sleep(0.02)
 
     free = threaded_throughput(slow)
-    ours_rate = threaded_throughput(lambda: breakers.call("identity", slow))
+    ours_rate = threaded_throughput(lambda: guarded_call(breakers.get("identity"), slow))
     theirs_rate = threaded_throughput(lambda: theirs.call(slow))
 
     plain = []

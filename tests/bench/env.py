@@ -48,7 +48,7 @@ class BenchEnv:
         """Start ``nameko run`` for ``service`` and wait until it is ready."""
         env = self.service_env(service, **{f"{service.upper()}_WEB_ADDRESS": f"127.0.0.1:{port}"},
                                **extra)
-        log = open(self.var / f"{service}-{port}.log", "w")  # noqa: SIM115
+        log = open(self.var / f"{service}-{port}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "nameko", "run", "--config", f"config/{service}.yaml",
              f"{service}.service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

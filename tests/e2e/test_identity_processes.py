@@ -28,7 +28,7 @@ def instances(amqp_uri, fresh_pg_uri, tmp_path):
     procs = []
     for n in range(2):
         port = find_free_port()
-        log = open(tmp_path / f"identity-{n}.log", "w")  # noqa: SIM115
+        log = open(tmp_path / f"identity-{n}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "nameko", "run", "--config", "config/identity.yaml",
              "identity.service"], cwd=ROOT, env=_env(amqp_uri, fresh_pg_uri, port),

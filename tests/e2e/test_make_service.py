@@ -91,7 +91,7 @@ def test_the_suites_own_tests_pass_in_a_tree_with_the_new_service(generated):
     env = dict(os.environ, PYTHONPATH=str(copy))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/unit/test_scaffold.py", "tests/unit/test_kernel_schemas.py",
+         "tests/unit/test_deploy_scaffold.py", "tests/unit/test_kernel_schemas.py",
          "tests/unit/test_gateway_routes.py", "tests/security/test_access.py",
          "-k", "not smuggled and not victim and not cors and not headers and not gunicorn"],
         cwd=copy, env=env, capture_output=True, text=True, timeout=600)

@@ -82,7 +82,7 @@ def admin_id(rpc, email):
     """The user's id once they exist and hold admin globally, else None."""
     try:
         user = rpc.call("identity", "get_user_by_email", kwargs={"email": email})
-    except Exception:  # noqa: BLE001 - not created yet
+    except NotFound:  # not created yet
         return None
     return user["id"] if is_admin(rpc, user["id"]) else None
 

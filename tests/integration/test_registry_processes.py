@@ -18,6 +18,7 @@ from tests.support.consul import (  # noqa: F401 - fixtures
     consul_agent_fixture,
     wait_until,
 )
+from tests.support.discovery import wait_for
 
 INTERVAL = 1.0
 CHECK_TIMEOUT = 1.0
@@ -89,7 +90,7 @@ def test_instances_come_and_go_from_the_view_as_they_live_and_die(identity_proce
                                    services=["identity"], wait=5.0, backoff_max=0.5).start()
     try:
         # two instances registered, both passing, both shown
-        assert view.wait_for(lambda v: _statuses(v) == ["passing", "passing"], 10), \
+        assert wait_for(view, lambda v: _statuses(v) == ["passing", "passing"], 10), \
             view.snapshot()
         ids = {int(i.rsplit("-", 1)[1]): i for i in _ids(view)}
         assert set(ids) == {first.port, second.port}
@@ -97,34 +98,34 @@ def test_instances_come_and_go_from_the_view_as_they_live_and_die(identity_proce
         # Consul goes away: the services keep serving, the view says it cannot tell
         consul_agent.stop()
         assert rpc.call("identity", "list_users", kwargs={"limit": 1})["items"] is not None
-        assert view.wait_for(lambda v: v.registry_reachable is False, 5)
+        assert wait_for(view, lambda v: v.registry_reachable is False, 5)
         assert view.has_passing("identity") is None
         assert view.snapshot()["registry"]["degraded"] is True
 
         # Consul is back, empty: both instances register again by themselves
         consul_agent.start()
         started = time.monotonic()
-        assert view.wait_for(lambda v: _statuses(v) == ["passing", "passing"], 10), \
+        assert wait_for(view, lambda v: _statuses(v) == ["passing", "passing"], 10), \
             view.snapshot()
         assert time.monotonic() - started < 6
 
         # SIGKILL: no goodbye; its check goes critical within an interval and it stops counting
         first.proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        assert view.wait_for(lambda v: (_ids(v) or {}).get(ids[first.port]) == "critical",
+        assert wait_for(view, lambda v: (_ids(v) or {}).get(ids[first.port]) == "critical",
                              INTERVAL + CHECK_TIMEOUT + 2), view.snapshot()
         assert time.monotonic() - killed_at <= INTERVAL + CHECK_TIMEOUT + 1.5
         assert [i["id"] for i in view.passing("identity")] == [ids[second.port]]
         assert view.has_passing("identity") is True
         # ... and Consul drops it once critical for DeregisterCriticalServiceAfter
-        assert view.wait_for(lambda v: ids[first.port] not in (_ids(v) or {ids[first.port]: 0}),
+        assert wait_for(view, lambda v: ids[first.port] not in (_ids(v) or {ids[first.port]: 0}),
                              max(3, consul_agent.min_deregister) + consul_agent.reap_interval
                              + 3), view.snapshot()
 
         # SIGTERM: deregistered at once, before the process finishes stopping
         second.proc.send_signal(signal.SIGTERM)
         termed_at = time.monotonic()
-        assert view.wait_for(lambda v: _ids(v) == {}, 5), view.snapshot()
+        assert wait_for(view, lambda v: _ids(v) == {}, 5), view.snapshot()
         assert time.monotonic() - termed_at < 2.0
         assert view.has_passing("identity") is False
         with pytest.raises(NoPassingInstance):

@@ -20,9 +20,9 @@ import pytest
 import requests
 from marshmallow import fields
 
-from authz.permissions import Grants
 from gateway import routes as routes_module
 from gateway import schemas as s
+from shared.contracts import Grants
 from tests.support.fault_helpers import PASSWORD, new_email
 from tests.support.platform import API, bearer, platform_fixture, wait_for
 

@@ -13,7 +13,7 @@ from shared.db import make_engine
 
 
 def envelope(event_type="thing.happened", source="identity", **fields):
-    """An event envelope as the kernel's outbox publishes it (SPEC §2)."""
+    """An event envelope as the kernel's outbox publishes it (``shared.outbox.envelope``)."""
     body = {
         "event_id": str(uuid.uuid4()),
         "event_type": event_type,

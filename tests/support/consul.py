@@ -85,7 +85,7 @@ class ConsulAgent:
         return command + (["--test-mode"] if self.test_mode else [])
 
     def start(self, timeout=20.0):
-        log = open(self.log_path, "a")  # noqa: SIM115 - the process owns it until it exits
+        log = open(self.log_path, "a")  # the process owns it until it exits
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=log,
                                      stderr=subprocess.STDOUT)
@@ -165,7 +165,7 @@ class CheckTarget:
         target = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the stdlib's naming
+            def do_GET(self):  # the stdlib's naming
                 target.hits += 1
                 if target.delay:
                     time.sleep(target.delay)

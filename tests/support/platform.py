@@ -376,6 +376,8 @@ class Platform:
     def admin_token(self, timeout=30.0):
         """An access token of the bootstrap admin, once authz has made them admin (watched
         over RPC, so waiting costs no failed logins: those are throttled)."""
+        from shared.errors import PlinthError
+
         if self._admin_token:
             return self._admin_token
         client = self.rpc_client()
@@ -386,7 +388,7 @@ class Platform:
                                    kwargs={"email": self.admin_email}, timeout=5)
                 roles = client.call("authz", "roles_of", kwargs={"user_id": user["id"]},
                                     timeout=5)
-            except Exception:  # noqa: BLE001 - not there yet
+            except PlinthError:  # not there yet (or identity, authz not answering yet)
                 return False
             return any(r["role"] == "admin" for r in roles)
 

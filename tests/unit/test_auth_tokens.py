@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from auth import keys, tokens
+from shared import contracts
 from shared.errors import Unauthorized
 from tests.support.auth_helpers import claims, forge, sqlite_database
 
@@ -48,7 +49,7 @@ def test_issued_token_carries_every_claim_and_verifies(ring):
     token, issued = tokens.issue_access_token(ring.signer(), SETTINGS, "user-1", "session-1")
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "RS256", "kid": ring.signer().kid, "typ": "at+jwt"}
-    assert set(issued) == set(tokens.REQUIRED_CLAIMS)
+    assert set(issued) == set(contracts.ISSUED_CLAIMS)
     assert issued["sub"] == "user-1" and issued["sid"] == "session-1"
     assert issued["iss"] == "plinth" and issued["aud"] == "plinth-api"
     assert issued["exp"] - issued["iat"] == 900 and issued["nbf"] == issued["iat"]

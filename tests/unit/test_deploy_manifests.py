@@ -30,7 +30,7 @@ def _load(text):
     _PlainLoader.yaml_implicit_resolvers = {
         key: [(tag, regexp) for tag, regexp in resolvers if tag != "!env_var"]
         for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader subclass
 
 
 @pytest.fixture(scope="module")

@@ -356,7 +356,7 @@ def test_a_before_rpc_hook_can_refuse_a_service(gateway, keys):
         if service == "identity":
             raise Unavailable("no healthy instance of identity", {"service": "identity"})
 
-    state.rpc.before_rpc.append(no_identity)
+    state.rpc.add_before_rpc("no_identity", no_identity)
     response = client.get(f"{API}/users/me", headers=bearer(token))
     assert assert_problem(response, 503)["service"] == "identity"
     assert [c for c in services.calls if c.service == "identity"] == []

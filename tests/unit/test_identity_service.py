@@ -8,6 +8,8 @@ from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy.orm import sessionmaker
 
+from gateway.openapi import build_spec
+from gateway.routes import CORE_ROUTES
 from identity.models import Base
 from identity.passwords import Hasher, policy_problems
 from identity.service import IdentityService
@@ -355,6 +357,19 @@ def test_list_users_pages_with_a_cursor_and_filters(identity):
     assert seen == ids and third["next_cursor"] is None
     assert [u["id"] for u in identity.list_users(status="disabled")["items"]] == [ids[0]]
     assert identity.list_users(q="PAGE-", limit=10)["items"]
+
+
+def test_the_api_summary_of_list_users_names_the_order_identity_lists_in(identity):
+    # the OpenAPI document is built from the gateway's route table: its words must not drift
+    # from what identity does
+    operations = [op for ops in build_spec(CORE_ROUTES)["paths"].values() for op in ops.values()]
+    summary = next(op["summary"] for op in operations if op["operationId"] == "list_users")
+    promised = [order for order in ("oldest first", "newest first") if order in summary]
+    assert len(promised) == 1, f"GET /users must name its order: {summary!r}"
+    created = [identity.create_user(email=new_email("order"), password=STRONG_PASSWORD)["id"]
+               for _ in range(4)]
+    listed = [u["id"] for u in identity.list_users(limit=10)["items"]]
+    assert listed == (created if promised == ["oldest first"] else created[::-1])
 
 
 @pytest.mark.parametrize("filters, field", [({"limit": 0}, "limit"), ({"limit": "5"}, "limit"),

@@ -17,6 +17,7 @@ from tests.support.consul import (  # noqa: F401 - fixtures
     consul_agent_fixture,
     wait_until,
 )
+from tests.support.discovery import wait_for
 
 INTERVAL = 1.0
 
@@ -38,7 +39,7 @@ def make_view():
 
 
 def _has(view, service, value, timeout=INTERVAL + 4):
-    assert view.wait_for(lambda v: v.has_passing(service) is value, timeout), \
+    assert wait_for(view, lambda v: v.has_passing(service) is value, timeout), \
         f"has_passing({service!r}) never became {value}: {view.snapshot()}"
 
 
@@ -113,12 +114,12 @@ def test_a_route_to_a_service_not_seen_yet_starts_watching_it(consul_agent, chec
 def test_services_are_discovered_from_the_catalog(consul_agent, check_target, make_view):
     view = make_view(consul_agent.address, services=["identity"])
     consul_agent.register_http("api-1", "api", check_target.url)
-    assert view.wait_for(lambda v: "api" in v.snapshot()["services"], 3)
+    assert wait_for(view, lambda v: "api" in v.snapshot()["services"], 3)
     _has(view, "api", True)
     services = view.snapshot()["services"]
     assert "consul" not in services and "identity" in services
     consul_agent.put("/v1/agent/service/deregister/api-1")
-    assert view.wait_for(lambda v: "api" not in v.snapshot()["services"], 3)
+    assert wait_for(view, lambda v: "api" not in v.snapshot()["services"], 3)
     assert "identity" in view.snapshot()["services"]  # configured services stay
 
 
@@ -126,7 +127,7 @@ def test_with_consul_unreachable_from_the_start_the_view_routes_blindly_then_cat
         tmp_path, check_target, make_view):
     agent = ConsulAgent(tmp_path)
     view = make_view(agent.address, services=["web"])
-    assert view.wait_for(lambda v: v.last_error is not None, 3)
+    assert wait_for(view, lambda v: v.last_error is not None, 3)
     assert view.has_passing("web") is None and view.registry_reachable is False
     snap = view.snapshot()
     assert snap["registry"]["degraded"] is True and snap["registry"]["last_error"]
@@ -147,14 +148,14 @@ def test_a_consul_outage_keeps_the_last_view_marks_it_stale_and_recovers(consul_
     consul_agent.register_http("web-1", "web", check_target.url)
     _has(view, "web", True)
     consul_agent.stop()
-    assert view.wait_for(lambda v: v.registry_reachable is False, 3)
+    assert wait_for(view, lambda v: v.registry_reachable is False, 3)
     assert view.has_passing("web") is None  # no verdict while Consul is away
     snap = view.snapshot()
     assert snap["registry"]["degraded"] is True
     web = snap["services"]["web"]
     assert web["stale"] is True and [i["id"] for i in web["instances"]] == ["web-1"]
     consul_agent.start()  # an empty agent: the instance would re-register by itself
-    assert view.wait_for(lambda v: v.registry_reachable is True, 5)
+    assert wait_for(view, lambda v: v.registry_reachable is True, 5)
     _has(view, "web", False)
     consul_agent.register_http("web-1", "web", check_target.url)
     _has(view, "web", True)
@@ -164,7 +165,7 @@ def test_stop_ends_the_watchers_promptly(consul_agent):
     view = ServiceView.from_config({"CONSUL_HTTP_ADDR": consul_agent.address},
                                    services=["web", "api"], wait=1.0)
     view.start()
-    assert view.wait_for(lambda v: v.registry_reachable, 3)
+    assert wait_for(view, lambda v: v.registry_reachable, 3)
     before = {t.name for t in threading.enumerate() if t.name.startswith("consul-")}
     assert {"consul-watch-web", "consul-watch-api", "consul-catalog-watch"} <= before
     started = time.monotonic()

@@ -12,7 +12,6 @@ from gateway.breakers import (
     BreakerOpen,
     Breakers,
     CircuitBreaker,
-    counts_as_failure,
 )
 from shared.config import ConfigError
 from shared.errors import (
@@ -26,6 +25,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.rpc_client import BrokerUnavailable, RpcTimeout, ServiceNotRunning
+from tests.support.breakers import call, counts_as_failure, guard
 
 
 class Clock:
@@ -62,7 +62,7 @@ def breaker(clock):
 def _trip(breaker, exc=None):
     for _ in range(breaker.fail_max):
         with pytest.raises((Unavailable, TimeoutError, OSError)):
-            breaker.call(_fail(exc or RpcTimeout("identity.get_user did not answer")))
+            call(breaker, _fail(exc or RpcTimeout("identity.get_user did not answer")))
 
 
 @pytest.mark.parametrize("exc", [RpcTimeout("t"), ServiceNotRunning("s"), BrokerUnavailable("b"),
@@ -82,14 +82,14 @@ def test_business_errors_and_gateway_bugs_do_not_count(exc):
 def test_the_breaker_opens_after_fail_max_consecutive_failures_and_refuses_at_once(breaker):
     for _ in range(2):
         with pytest.raises(RpcTimeout):
-            breaker.call(_fail(RpcTimeout("slow")))
+            call(breaker, _fail(RpcTimeout("slow")))
     assert breaker.state == CLOSED
     with pytest.raises(RpcTimeout):  # the tripping call keeps its own error
-        breaker.call(_fail(RpcTimeout("slow")))
+        call(breaker, _fail(RpcTimeout("slow")))
     assert breaker.state == OPEN
     called = []
     with pytest.raises(BreakerOpen) as refused:
-        breaker.call(lambda: called.append(1))
+        call(breaker, lambda: called.append(1))
     assert called == []
     assert refused.value.details == {"service": "identity", "retry_after": 10,
                                      "reason": "circuit_open"}
@@ -100,20 +100,20 @@ def test_a_success_resets_the_count_of_consecutive_failures(breaker):
     for _ in range(5):
         for _ in range(2):
             with pytest.raises(RpcTimeout):
-                breaker.call(_fail(RpcTimeout("slow")))
-        assert breaker.call(_ok) == "ok"
+                call(breaker, _fail(RpcTimeout("slow")))
+        assert call(breaker, _ok) == "ok"
     assert breaker.state == CLOSED
 
 
 def test_business_errors_never_open_the_breaker_and_reset_the_count(breaker):
     for _ in range(2):
         with pytest.raises(RpcTimeout):
-            breaker.call(_fail(RpcTimeout("slow")))
+            call(breaker, _fail(RpcTimeout("slow")))
     for _ in range(10):
         with pytest.raises(NotFound):
-            breaker.call(_fail(NotFound("no such user")))
+            call(breaker, _fail(NotFound("no such user")))
     with pytest.raises(RpcTimeout):
-        breaker.call(_fail(RpcTimeout("slow")))
+        call(breaker, _fail(RpcTimeout("slow")))
     assert breaker.state == CLOSED
 
 
@@ -121,11 +121,11 @@ def test_after_the_reset_timeout_one_probe_goes_through_and_its_success_closes(b
     _trip(breaker)
     clock.advance(9.9)
     with pytest.raises(BreakerOpen) as refused:
-        breaker.call(_ok)
+        call(breaker, _ok)
     assert refused.value.details["retry_after"] == 1
     clock.advance(0.2)
     assert breaker.state == HALF_OPEN
-    assert breaker.call(_ok) == "ok"
+    assert call(breaker, _ok) == "ok"
     assert breaker.state == CLOSED
     assert breaker.snapshot()["consecutive_failures"] == 0
 
@@ -134,20 +134,20 @@ def test_a_failed_probe_opens_the_breaker_for_another_reset_timeout(breaker, clo
     _trip(breaker)
     clock.advance(10)
     with pytest.raises(ServiceNotRunning):
-        breaker.call(_fail(ServiceNotRunning("no consumer")))
+        call(breaker, _fail(ServiceNotRunning("no consumer")))
     assert breaker.state == OPEN
     clock.advance(9)
     with pytest.raises(BreakerOpen):
-        breaker.call(_ok)
+        call(breaker, _ok)
     clock.advance(1)
-    assert breaker.call(_ok) == "ok"
+    assert call(breaker, _ok) == "ok"
 
 
 def test_a_probe_answered_with_a_business_error_closes_the_breaker(breaker, clock):
     _trip(breaker)
     clock.advance(10)
     with pytest.raises(Invalid):
-        breaker.call(_fail(Invalid("bad email", {"email": ["invalid"]})))
+        call(breaker, _fail(Invalid("bad email", {"email": ["invalid"]})))
     assert breaker.state == CLOSED
 
 
@@ -163,11 +163,11 @@ def test_half_open_lets_exactly_one_probe_through_while_others_are_refused(break
         return "probe"
 
     results = []
-    probe = threading.Thread(target=lambda: results.append(breaker.call(slow_probe)))
+    probe = threading.Thread(target=lambda: results.append(call(breaker, slow_probe)))
     probe.start()
     assert entered.wait(5)
     with pytest.raises(BreakerOpen) as refused:
-        breaker.call(_ok)
+        call(breaker, _ok)
     assert "probe" in refused.value.message
     release.set()
     probe.join(5)
@@ -179,24 +179,24 @@ def test_a_probe_whose_caller_never_reported_does_not_wedge_the_breaker(breaker,
     clock.advance(10)
     breaker.admit()  # a probe ticket that is never recorded
     with pytest.raises(BreakerOpen):
-        breaker.call(_ok)
+        call(breaker, _ok)
     clock.advance(10.1)
-    assert breaker.call(_ok) == "ok" and breaker.state == CLOSED
+    assert call(breaker, _ok) == "ok" and breaker.state == CLOSED
 
 
 def test_an_interrupted_call_gives_no_verdict_and_frees_the_probe(breaker, clock):
     _trip(breaker)
     clock.advance(10)
     with pytest.raises(KeyboardInterrupt):
-        breaker.call(_fail(KeyboardInterrupt()))
+        call(breaker, _fail(KeyboardInterrupt()))
     assert breaker.state == HALF_OPEN
-    assert breaker.call(_ok) == "ok" and breaker.state == CLOSED
+    assert call(breaker, _ok) == "ok" and breaker.state == CLOSED
 
 
 def test_calls_through_one_breaker_run_concurrently():
     breaker = CircuitBreaker("identity")
     started = time.monotonic()
-    threads = [threading.Thread(target=breaker.call, args=(time.sleep, 0.2)) for _ in range(8)]
+    threads = [threading.Thread(target=call, args=(breaker, time.sleep, 0.2)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -210,9 +210,9 @@ def test_state_changes_are_announced_to_a_listener(clock):
     breaker = CircuitBreaker("auth", fail_max=1, reset_timeout=1, clock=clock,
                              on_change=lambda *change: changes.append(change))
     with pytest.raises(RpcTimeout):
-        breaker.call(_fail(RpcTimeout("slow")))
+        call(breaker, _fail(RpcTimeout("slow")))
     clock.advance(1)
-    breaker.call(_ok)
+    call(breaker, _ok)
     assert changes == [("auth", CLOSED, OPEN), ("auth", OPEN, HALF_OPEN),
                        ("auth", HALF_OPEN, CLOSED)]
 
@@ -223,16 +223,16 @@ def test_a_failing_listener_does_not_break_calls(clock):
 
     breaker = CircuitBreaker("auth", fail_max=1, clock=clock, on_change=broken)
     with pytest.raises(RpcTimeout):
-        breaker.call(_fail(RpcTimeout("slow")))
+        call(breaker, _fail(RpcTimeout("slow")))
     assert breaker.state == OPEN
 
 
 def test_the_snapshot_tells_the_dashboard_state_counts_and_time_to_retry(breaker, clock):
-    breaker.call(_ok)
+    call(breaker, _ok)
     _trip(breaker, BrokerUnavailable("broker gone"))
     clock.advance(4)
     with pytest.raises(BreakerOpen):
-        breaker.call(_ok)
+        call(breaker, _ok)
     snap = breaker.snapshot()
     assert snap["state"] == OPEN and snap["retry_in"] == 6.0
     assert snap["calls"] == 4 and snap["failures"] == 3 and snap["rejected"] == 1
@@ -251,10 +251,10 @@ def test_nonsense_settings_are_refused(options):
 def test_each_service_has_its_own_breaker(clock):
     breakers = Breakers(fail_max=1, reset_timeout=5, clock=clock)
     with pytest.raises(RpcTimeout):
-        breakers.call("auth", _fail(RpcTimeout("slow")))
+        call(breakers.get("auth"), _fail(RpcTimeout("slow")))
     with pytest.raises(BreakerOpen):
-        breakers.call("auth", _ok)
-    assert breakers.call("identity", _ok) == "ok"
+        call(breakers.get("auth"), _ok)
+    assert call(breakers.get("identity"), _ok) == "ok"
     assert breakers.states() == {"auth": OPEN, "identity": CLOSED}
     assert set(breakers.snapshot()) == {"auth", "identity"}
     assert breakers.get("auth") is breakers.get("auth")
@@ -289,11 +289,11 @@ def test_settings_come_from_config_or_fail_clearly(monkeypatch):
 
 def test_guard_records_what_happens_inside_a_with_block(clock):
     breakers = Breakers(fail_max=2, reset_timeout=5, clock=clock)
-    with breakers.guard("audit"):
+    with guard(breakers.get("audit")):
         pass
     for _ in range(2):
-        with pytest.raises(TimeoutError), breakers.guard("audit"):
+        with pytest.raises(TimeoutError), guard(breakers.get("audit")):
             raise TimeoutError("no answer")
     assert breakers.states()["audit"] == OPEN
-    with pytest.raises(BreakerOpen), breakers.guard("audit"):
+    with pytest.raises(BreakerOpen), guard(breakers.get("audit")):
         pytest.fail("the block must not run while the breaker is open")
