@@ -18,7 +18,6 @@ that stops answering cannot hold the rows' locks.
 
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from nameko.standalone.events import get_event_exchange
 
+from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
@@ -137,7 +137,7 @@ class RelayPolicy:
         """Seconds before the next try of a row that has failed ``attempts`` times."""
         if attempts >= self.max_attempts:
             return self.parked_retry
-        return min(self.cap, self.base * 2 ** (attempts - 1)) * random.uniform(0.75, 1.25)
+        return Backoff(self.base, self.cap, jitter=(0.75, 1.25)).delay(attempts - 1)
 
     @classmethod
     def from_config(cls, config):
@@ -268,17 +268,16 @@ class Relay:
 
     def run(self):
         self._running = True
-        failures = 0
+        backoff = Backoff(initial=0.4, maximum=5.0, jitter=WIDE_JITTER)
         while self._running:
             try:
                 while self._running and self.flush() == self.batch:
                     pass
-                failures = 0
+                backoff.reset()
                 self._housekeeping()
             except Exception as exc:  # noqa: BLE001 - keep relaying whatever went wrong
                 self.publisher.close()
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * (0.5 + random.random())
+                delay = backoff.next()
                 log.warning("outbox relay for %s failed (%s: %s); retrying in %.1fs",
                             self.service, type(exc).__name__, exc, delay)
                 self._wake.wait(delay)
