@@ -15,7 +15,6 @@ duplicate of its ``event_id``.
 """
 
 import logging
-import random
 import threading
 import time
 
@@ -26,9 +25,12 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from audit import entries
 from audit.redaction import Redactor
+from shared import compat
 from shared import config as cfg
+from shared.backoff import NO_JITTER, WIDE_JITTER, Backoff
+from shared.hub import Hub
 
-__all__ = ["TrailConsumer", "Trail", "parse_list", "SOURCES_KEY", "QUEUE_KEY",
+__all__ = ["TrailConsumer", "Trail", "SOURCES_KEY", "QUEUE_KEY",
            "QUEUE_VERSION_KEY", "BATCH_SIZE_KEY", "BATCH_WAIT_MS_KEY", "PREFETCH_KEY",
            "REDACT_KEYS_KEY", "MAX_DATA_BYTES_KEY", "DEFAULT_SOURCES"]
 
@@ -48,17 +50,6 @@ DEFAULT_QUEUE = "audit.events"
 READY_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 0.25
 YIELD_EVERY = 20  # deliveries between two yields of the reader to the writer
-
-
-def parse_list(value):
-    """A list setting given as YAML list or as a comma/space separated string."""
-    if value is None:
-        return []
-    if isinstance(value, list | tuple):
-        items = value
-    else:
-        items = str(value).replace(",", " ").split()
-    return [str(item).strip() for item in items if str(item).strip()]
 
 
 class Stats:
@@ -85,10 +76,12 @@ class Trail:
 class TrailConsumer(DependencyProvider):
     """Consumes the sources' events in batches (see the module docstring)."""
 
+    hub = Hub()
+
     def setup(self):
         config = self.container.config
         self.amqp_uri = config[cfg.AMQP_URI_KEY]
-        self.sources = parse_list(cfg.setting(config, SOURCES_KEY)) or list(DEFAULT_SOURCES)
+        self.sources = cfg.list_setting(config, SOURCES_KEY, DEFAULT_SOURCES, separators=", ")
         self.queue_name = cfg.setting(config, QUEUE_KEY, DEFAULT_QUEUE)
         self.batch_size = max(1, cfg.setting(config, BATCH_SIZE_KEY, 1000, int))
         self.batch_wait = max(0.001, cfg.setting(config, BATCH_WAIT_MS_KEY, 200, float) / 1000)
@@ -99,7 +92,7 @@ class TrailConsumer(DependencyProvider):
         self.heartbeat = cfg.setting(config, HEARTBEAT_KEY, 60, int)
         self.max_data_bytes = cfg.setting(config, MAX_DATA_BYTES_KEY, entries.MAX_DATA_BYTES,
                                           int)
-        self.redactor = Redactor(parse_list(cfg.setting(config, REDACT_KEYS_KEY)))
+        self.redactor = Redactor(cfg.list_setting(config, REDACT_KEYS_KEY, separators=", "))
         self.stats = Stats()
         self._buffer = []  # (message, entry, generation) in delivery order
         self._buffer_since = 0.0
@@ -111,27 +104,14 @@ class TrailConsumer(DependencyProvider):
         self._writer_done = threading.Event()
         self._connection = None
         self._threads = []
-        self._add_health_info()
+        self.hub.add_info(self.health_info)
 
-    def _add_health_info(self):
-        from shared.health import Health
-
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, Health):
-                dependency.extras.append(lambda: {"consumer": {
-                    "queue": self.queue_name, "sources": self.sources,
-                    "buffered": len(self._buffer), **self.stats.to_dict()}})
-
-    def _engine(self):
-        from shared.db import Database
-
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, Database):
-                return dependency.engine
-        raise RuntimeError("TrailConsumer needs the service's Database dependency")
+    def health_info(self):
+        return {"consumer": {"queue": self.queue_name, "sources": self.sources,
+                             "buffered": len(self._buffer), **self.stats.to_dict()}}
 
     def start(self):
-        self.engine = self._engine()
+        self.engine = self.hub.database().engine
         self._running = True
         self._threads = [
             self.container.spawn_managed_thread(self._read_loop, identifier="audit-reader"),
@@ -179,18 +159,17 @@ class TrailConsumer(DependencyProvider):
                 pass
 
     def _read_loop(self):
-        failures = 0
+        backoff = Backoff(initial=0.2, maximum=5.0, jitter=WIDE_JITTER)
         try:
             while self._running:
                 try:
                     self._consume()
-                    failures = 0
+                    backoff.reset()
                 except Exception as exc:  # noqa: BLE001 - reconnect whatever broke
                     self.stats.connected = False
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     self._close()
-                    failures += 1
-                    delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + random.random())
+                    delay = backoff.next()
                     log.warning("audit consumer lost the broker (%s); reconnecting in %.1fs",
                                 self.stats.last_error, delay)
                     deadline = time.monotonic() + delay
@@ -204,7 +183,7 @@ class TrailConsumer(DependencyProvider):
         connection = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=5)
         self._connection = connection
         connection.ensure_connection(max_retries=1)
-        sock = _read_ahead(connection)
+        sock = compat.read_ahead(connection.connection)
         channel = connection.channel()
         queue = self.queue()(channel)
         queue.declare()
@@ -285,6 +264,7 @@ class TrailConsumer(DependencyProvider):
 
     def _write(self, batch):
         attempt = 0
+        backoff = Backoff(initial=0.2, maximum=5.0, jitter=NO_JITTER)
         while True:
             try:
                 self._append([entry for _, entry, _ in batch])
@@ -299,7 +279,7 @@ class TrailConsumer(DependencyProvider):
                     return  # its connection is gone: the broker redelivers these anyway
                 if not self._running and attempt >= 3:
                     return  # shutting down: left unacked, so redelivered to the next one
-                time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+                time.sleep(backoff.next())
         message, _, generation = batch[-1]
         if generation == self._generation:
             try:
@@ -337,26 +317,6 @@ class TrailConsumer(DependencyProvider):
                   entry["event_id"], _reason(exc))
         with self.engine.begin() as conn:
             return entries.append(conn, [entries.placeholder(entry, _reason(exc))])
-
-
-def _read_ahead(connection, size=4096):
-    """Make py-amqp cheaper per message on this connection; returns its socket if it did.
-
-    py-amqp keeps surplus bytes in its read buffer already, but asks the socket for just the
-    bytes it needs next: three reads per frame and three frames per message, each a green
-    socket call under eventlet. Here it reads 4 KiB ahead instead. The caller may also give
-    the socket a standing timeout, so ``drain_events()`` needs none of its own and skips the
-    two ``settimeout`` calls it otherwise makes per frame. Together they cut the consumer's
-    CPU per message by about a third. Plain TCP transports only; others stay as they are.
-    """
-    transport = getattr(connection.connection, "transport", None)
-    sock = getattr(transport, "sock", None)
-    if type(transport).__name__ != "TCPTransport" or sock is None or \
-            not hasattr(transport, "_quick_recv"):
-        return None
-    recv = sock.recv
-    transport._quick_recv = lambda wanted: recv(max(wanted, size))
-    return sock
 
 
 def _reason(exc):

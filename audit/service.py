@@ -11,19 +11,10 @@ from shared import config as cfg
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import Conflict, Invalid
-from shared.rpc import load, rpc
+from shared.rpc import load, rpc, rpc_input
 
 EXPORT_MAX_ENTRIES_KEY = "AUDIT_EXPORT_MAX_ENTRIES"
 EXPORT_DIR_KEY = "AUDIT_EXPORT_DIR"
-
-
-def _payload(data, fields):
-    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
-    if data is None:
-        return fields
-    if not isinstance(data, dict):
-        return data  # load() rejects it with a clear error
-    return {**data, **fields}
 
 
 class AuditService(kernel.ServiceBase):
@@ -41,7 +32,7 @@ class AuditService(kernel.ServiceBase):
 
     @rpc
     def record(self, entry=None, **fields):
-        payload = load(schemas.RecordSchema(), _payload(entry, fields))
+        payload = load(schemas.RecordSchema(), rpc_input(entry, fields))
         entry = entries.from_record(payload, self.context, self.trail.redactor,
                                     self.trail.max_data_bytes)
         rows, _ = entries.append(self._connection(), [entry])
@@ -53,7 +44,7 @@ class AuditService(kernel.ServiceBase):
     @rpc
     def query(self, filters=None, **fields):
         return entries.page(self._connection(), load(schemas.QuerySchema(),
-                                                     _payload(filters, fields)))
+                                                     rpc_input(filters, fields)))
 
     @rpc
     def get(self, entry_id):
@@ -72,7 +63,7 @@ class AuditService(kernel.ServiceBase):
     @rpc
     def export(self, filters=None, **fields):
         """The matching entries, oldest first, one JSON object a line (NDJSON)."""
-        payload = load(schemas.FiltersSchema(), _payload(filters, fields))
+        payload = load(schemas.FiltersSchema(), rpc_input(filters, fields))
         limit = cfg.setting(self.config, EXPORT_MAX_ENTRIES_KEY, 10_000, int)
         lines = []
         for row in entries.iterate(self._connection(snapshot=True), payload):
@@ -85,7 +76,7 @@ class AuditService(kernel.ServiceBase):
     @rpc
     def export_file(self, filters=None, **fields):
         """Write the matching entries as NDJSON to a new file in the export directory."""
-        payload = load(schemas.ExportFileSchema(), _payload(filters, fields))
+        payload = load(schemas.ExportFileSchema(), rpc_input(filters, fields))
         name = payload.pop("name")
         folder = Path(cfg.setting(self.config, EXPORT_DIR_KEY)
                       or cfg.var_dir() / "audit-exports")

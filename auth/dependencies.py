@@ -1,14 +1,12 @@
 import logging
 
-import eventlet
-from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import sessionmaker
 
 from auth import keys, throttle, tokens
 from shared import config as cfg
-from shared.db import Database
-from shared.errors import Unavailable
+from shared.hub import Hub
+from shared.rpc import rpc_timeout, rpc_timeout_key
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +23,8 @@ KEY_CACHE_KEY = "AUTH_KEY_CACHE_SECONDS"
 KEY_MAX_AGE_KEY = "AUTH_KEY_MAX_AGE_DAYS"
 REUSE_GRACE_KEY = "AUTH_REFRESH_REUSE_GRACE"
 CHECK_USER_KEY = "AUTH_CHECK_USER_ON_REFRESH"
-IDENTITY_TIMEOUT_KEY = "AUTH_IDENTITY_TIMEOUT"
+IDENTITY_TIMEOUT_KEY = rpc_timeout_key("identity")
+OLD_IDENTITY_TIMEOUT_KEY = "AUTH_IDENTITY_TIMEOUT"  # deprecated name, still read
 THROTTLE_KEYS = {
     "pair_threshold": ("AUTH_THROTTLE_PAIR_THRESHOLD", int),
     "client_threshold": ("AUTH_THROTTLE_CLIENT_THRESHOLD", int),
@@ -61,8 +60,7 @@ def encryption_secrets(config, announce=True):
     if secret == DEVELOPMENT_SECRET and announce:
         log.warning("%s is not set: signing keys are encrypted with the development secret",
                     SECRET_KEY)
-    previous = cfg.setting(config, PREVIOUS_SECRETS_KEY, "") or ""
-    return secret, [s.strip() for s in str(previous).split(",") if s.strip()]
+    return secret, cfg.list_setting(config, PREVIOUS_SECRETS_KEY)
 
 
 def token_settings(config):
@@ -120,28 +118,29 @@ class Tokens:
 
 class TokenKeys(DependencyProvider):
     """The process's keyring: the active key is ensured (created if none) when the service
-    starts, so a wrong encryption secret stops the start instead of failing logins later."""
+    starts, so a wrong encryption secret stops the start instead of failing logins later.
+    Its keys live in the service's database, found through the container's ``Hub``."""
+
+    hub = Hub()
 
     def setup(self):
         config = self.container.config
-        secret, previous = encryption_secrets(config)
-        alg = cfg.setting(config, ALGORITHM_KEY, keys.DEFAULT_ALGORITHM)
-        if alg not in keys.ALGORITHMS:
+        self.secrets = encryption_secrets(config)
+        self.alg = cfg.setting(config, ALGORITHM_KEY, keys.DEFAULT_ALGORITHM)
+        if self.alg not in keys.ALGORITHMS:
             raise cfg.ConfigError(f"{ALGORITHM_KEY} must be one of {', '.join(keys.ALGORITHMS)}")
         self.settings = token_settings(config)
-        database = next(d for d in self.container.dependencies if isinstance(d, Database))
-        self.keyring = keys.Keyring(
-            # the database provider sets its engine up in its own setup(), maybe after this one
-            lambda: sessionmaker(bind=database.engine, expire_on_commit=False)(),
-            keys.KeyCipher(secret, previous), alg=alg,
-            cache_seconds=_at_least(KEY_CACHE_KEY, cfg.setting(config, KEY_CACHE_KEY, 5.0, float),
-                                    0),
-            rsa_bits=rsa_bits(config),
-        )
-        self.tokens = Tokens(self.keyring, self.settings,
-                             cfg.setting(config, KEY_MAX_AGE_KEY, 90, float))
+        self.cache_seconds = _at_least(KEY_CACHE_KEY,
+                                       cfg.setting(config, KEY_CACHE_KEY, 5.0, float), 0)
+        self.rsa_bits = rsa_bits(config)
+        self.key_max_age_days = cfg.setting(config, KEY_MAX_AGE_KEY, 90, float)
 
     def start(self):
+        # every provider is set up before any starts: the database has its engine by now
+        sessions = sessionmaker(bind=self.hub.database().engine, expire_on_commit=False)
+        self.keyring = keys.Keyring(sessions, keys.KeyCipher(*self.secrets), alg=self.alg,
+                                    cache_seconds=self.cache_seconds, rsa_bits=self.rsa_bits)
+        self.tokens = Tokens(self.keyring, self.settings, self.key_max_age_days)
         self.keyring.reload()
         self.keyring.signer()  # a secret that cannot open the active key stops the start
 
@@ -178,27 +177,9 @@ class Guard(DependencyProvider):
             throttle_policy(config), keys.derive(secret, "login-throttle-keys"),
             reuse_grace=cfg.setting(config, REUSE_GRACE_KEY, 0.0, float),
             check_user_on_refresh=cfg.setting(config, CHECK_USER_KEY, True, bool),
-            identity_timeout=_positive(IDENTITY_TIMEOUT_KEY,
-                                       cfg.setting(config, IDENTITY_TIMEOUT_KEY, 10.0, float)),
+            identity_timeout=_positive(IDENTITY_TIMEOUT_KEY, rpc_timeout(
+                config, "identity", 10.0, old_key=OLD_IDENTITY_TIMEOUT_KEY)),
         )
 
     def get_dependency(self, worker_ctx):
         return self.guard
-
-
-def call_with_timeout(method, timeout, **kwargs):
-    """Call an RpcProxy method, turning silence or absence into Unavailable.
-
-    nameko's in-service proxy waits forever for a reply; a login must not.
-    """
-    timer = eventlet.Timeout(timeout)
-    try:
-        return method(**kwargs)
-    except eventlet.Timeout as expired:
-        if expired is not timer:
-            raise
-        raise Unavailable("identity did not answer in time", {"service": "identity"}) from None
-    except UnknownService:
-        raise Unavailable("identity is not running", {"service": "identity"}) from None
-    finally:
-        timer.cancel()

@@ -6,13 +6,13 @@ from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from auth import keys, logins, schemas, sessions, throttle
-from auth.dependencies import Guard, TokenKeys, call_with_timeout
+from auth.dependencies import Guard, TokenKeys
 from auth.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import Conflict
 from shared.events import event_handler
-from shared.rpc import load, rpc
+from shared.rpc import call_service, load, rpc
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ class AuthService(kernel.ServiceBase):
     identity_rpc = RpcProxy("identity")
 
     def _identity(self, method):
-        return functools.partial(call_with_timeout, getattr(self.identity_rpc, method),
-                                 self.guard.identity_timeout)
+        return functools.partial(call_service, "identity", getattr(self.identity_rpc, method),
+                                 timeout=self.guard.identity_timeout)
 
     @rpc(sensitive_arguments=("password",))
     def login(self, email=None, password=None, client=None):

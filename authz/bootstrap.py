@@ -26,12 +26,14 @@ from sqlalchemy.exc import IntegrityError
 
 from authz import assignments, effective
 from authz.models import ADMIN, GLOBAL, Assignment, Bootstrap
+from shared.backoff import NO_JITTER, Backoff
 from shared.config import AMQP_URI_KEY, ConfigError, secret, setting
 from shared.context import bind, new_request_id
-from shared.db import Database, UnitOfWork
+from shared.db import UnitOfWork
 from shared.errors import Conflict, Invalid, NotFound
-from shared.health import Health
+from shared.hub import Hub
 from shared.ids import uuid7
+from shared.rpc import rpc_timeout
 from shared.rpc_client import RpcClient
 
 __all__ = ["bootstrap_admin", "ensure_admin", "BootstrapAdmin", "Refused", "EMAIL_KEY",
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 
 EMAIL_KEY = "BOOTSTRAP_ADMIN_EMAIL"
 PASSWORD_KEY = "BOOTSTRAP_ADMIN_PASSWORD"
-IDENTITY_TIMEOUT_KEY = "IDENTITY_RPC_TIMEOUT"
 RETRY_MAX_DELAY_KEY = "BOOTSTRAP_RETRY_MAX_DELAY"
 ACTOR_ID = "authz-bootstrap"
 ADMIN_STEP = "admin"
@@ -190,6 +191,8 @@ class BootstrapAdmin(DependencyProvider):
     failed or was refused, why (``bootstrap_admin_problem``).
     """
 
+    hub = Hub()
+
     def __init__(self):
         self.state = "disabled"
         self.problem = None
@@ -203,13 +206,10 @@ class BootstrapAdmin(DependencyProvider):
         self.password = secret(config, PASSWORD_KEY) if self.email else None
         if self.email and not self.password:
             raise ConfigError(f"{PASSWORD_KEY} must be set when {EMAIL_KEY} is")
-        self.timeout = setting(config, IDENTITY_TIMEOUT_KEY, 5.0, float)
+        self.timeout = rpc_timeout(config, "identity")
         self.max_delay = setting(config, RETRY_MAX_DELAY_KEY, 10.0, float)
         self.amqp_uri = config[AMQP_URI_KEY]
-        self.database = next(d for d in self.container.dependencies if isinstance(d, Database))
-        for health in self.container.dependencies:
-            if isinstance(health, Health):
-                health.extras.append(self.health_info)
+        self.hub.add_info(self.health_info)
         self.state = "pending" if self.email else "disabled"
 
     def health_info(self):
@@ -220,6 +220,7 @@ class BootstrapAdmin(DependencyProvider):
 
     def start(self):
         if self.email:
+            self.database = self.hub.database()
             self._stopped.clear()
             self.container.spawn_managed_thread(self.run, identifier="bootstrap-admin")
 
@@ -242,38 +243,40 @@ class BootstrapAdmin(DependencyProvider):
             return client.call("identity", method, kwargs=kwargs, context=context,
                                timeout=self.timeout)
 
-        delay = 0.2
+        backoff = Backoff(initial=0.2, maximum=self.max_delay, jitter=NO_JITTER)
         try:
             while not self._stopped.is_set():
                 self.attempts += 1
-                uow = UnitOfWork(self.database.sessions, self.container.service_name,
-                                 dict(context), on_commit=self.database.relay.wake)
-                try:
-                    self.result = bootstrap_admin(call_identity, uow, self.email,
-                                                  self.password)
-                    self._report(self.result)
+                delay = backoff.next()
+                if self._attempt(call_identity, context, delay):
                     return
-                except Refused as exc:
-                    self._finish("refused", str(exc))
-                    log.error("bootstrap admin refused: %s. Nobody was made admin; make "
-                              "someone admin with `make admin` (python -m authz.admin)", exc)
-                    return
-                except Invalid as exc:  # the email or password itself: retrying cannot help
-                    self._finish("failed", _describe(exc))
-                    log.error("bootstrap admin refused by identity: %s. Nobody was made "
-                              "admin; fix %s / %s and restart authz", _describe(exc),
-                              EMAIL_KEY, PASSWORD_KEY)
-                    return
-                except Exception as exc:  # noqa: BLE001 - identity or the database not up yet
-                    log.warning("bootstrap admin attempt %d failed (%s: %s); retrying in "
-                                "%.1fs", self.attempts, type(exc).__name__, exc, delay)
-                finally:
-                    uow.rollback()
-                    uow.close()
                 self._stopped.wait(delay)
-                delay = min(self.max_delay, delay * 2)
         finally:
             client.close()
+
+    def _attempt(self, call_identity, context, delay):
+        """One try of the bootstrap; True when it is over (done, skipped, or refused)."""
+        uow = UnitOfWork(self.database.sessions, self.container.service_name, dict(context),
+                         on_commit=self.database.relay.wake)
+        try:
+            self.result = bootstrap_admin(call_identity, uow, self.email, self.password)
+            self._report(self.result)
+        except Refused as exc:
+            self._finish("refused", str(exc))
+            log.error("bootstrap admin refused: %s. Nobody was made admin; make someone admin "
+                      "with `make admin` (python -m authz.admin)", exc)
+        except Invalid as exc:  # the email or password itself: retrying cannot help
+            self._finish("failed", _describe(exc))
+            log.error("bootstrap admin refused by identity: %s. Nobody was made admin; fix "
+                      "%s / %s and restart authz", _describe(exc), EMAIL_KEY, PASSWORD_KEY)
+        except Exception as exc:  # noqa: BLE001 - identity or the database not up yet
+            log.warning("bootstrap admin attempt %d failed (%s: %s); retrying in %.1fs",
+                        self.attempts, type(exc).__name__, exc, delay)
+            return False
+        finally:
+            uow.rollback()
+            uow.close()
+        return True
 
     def _report(self, result):
         self._finish(result["status"])

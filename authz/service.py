@@ -7,25 +7,13 @@ from authz import assignments, effective, roles, schemas
 from authz.bootstrap import BootstrapAdmin
 from authz.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
-from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
 from shared.events import event_handler
 from shared.ids import is_uuid
-from shared.rpc import call_service, load, rpc
+from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
 
 log = logging.getLogger(__name__)
-
-IDENTITY_TIMEOUT_KEY = "IDENTITY_RPC_TIMEOUT"
-
-
-def _payload(data, fields):
-    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
-    if data is None:
-        return fields
-    if not isinstance(data, dict):
-        return data  # load() rejects it with a clear error
-    return {**data, **fields}
 
 
 def _as_list(value):
@@ -43,12 +31,12 @@ class AuthzService(kernel.ServiceBase):
     # -- roles --------------------------------------------------------------------------------
     @rpc
     def create_role(self, data=None, **fields):
-        return roles.create(self.db, load(schemas.CreateRoleSchema(), _payload(data, fields)))
+        return roles.create(self.db, load(schemas.CreateRoleSchema(), rpc_input(data, fields)))
 
     @rpc
     def update_role(self, name, changes=None, **fields):
         name = load(schemas.RoleNameSchema(), {"role": name})["role"]
-        payload = load(schemas.UpdateRoleSchema(), _payload(changes, fields))
+        payload = load(schemas.UpdateRoleSchema(), rpc_input(changes, fields))
         return roles.update(self.db, name, payload)
 
     @rpc
@@ -148,8 +136,8 @@ class AuthzService(kernel.ServiceBase):
         return subject
 
     def _get_user(self, user_id):
-        timeout = setting(self.config, IDENTITY_TIMEOUT_KEY, 5.0, float)
-        return call_service("identity", self.identity_rpc.get_user, user_id, timeout=timeout)
+        return call_service("identity", self.identity_rpc.get_user, user_id,
+                            timeout=rpc_timeout(self.config, "identity"))
 
     def _require_user(self, user_id):
         """identity's NotFound when the user does not exist (or was deleted)."""

@@ -99,9 +99,9 @@ logconfig_dict = {
 
 def _hide_server_version():
     """gunicorn names itself in every response's Server header; say only what this is."""
-    import gunicorn.http.wsgi
+    from shared import compat
 
-    gunicorn.http.wsgi.SERVER = "plinth"
+    compat.set_server_name("plinth")
 
 
 _hide_server_version()
@@ -112,26 +112,20 @@ def _problem_error_pages():
     large...) itself, with a small HTML page and none of the gateway's headers: answer those
     as problem+json with the same security headers (gateway.headers.raw_problem).
 
-    gunicorn's workers call ``gunicorn.util.write_error(sock, status_int, reason, mesg)``
-    through the module; the check below fails at start if a gunicorn release changes that.
+    (shared.compat guards the patch: it fails at start if a gunicorn release changes it).
     """
-    import inspect
-
     from gunicorn import util
 
     from gateway import settings as gateway_settings
     from gateway.headers import raw_problem
+    from shared import compat
 
-    expected = ["sock", "status_int", "reason", "mesg"]
-    if list(inspect.signature(util.write_error).parameters) != expected:
-        raise RuntimeError("gunicorn.util.write_error is no longer write_error(sock, "
-                           "status_int, reason, mesg): update deploy/gunicorn.conf.py")
     hsts = gateway_settings.load().get_as("HSTS_SECONDS", int) or 0
 
     def write_error(sock, status_int, reason, mesg):
         util.write_nonblock(sock, raw_problem(status_int, reason, mesg, hsts))
 
-    util.write_error = write_error
+    compat.replace_error_writer(write_error)
 
 
 _problem_error_pages()

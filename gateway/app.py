@@ -105,7 +105,6 @@ def _rpc_pool(settings):
     get = settings.get_as
     return RpcPool(settings["AMQP_URI"], timeout=get("RPC_TIMEOUT", float),
                    connect_timeout=get("RPC_CONNECT_TIMEOUT", float),
-                   backend=settings.get("RPC_BACKEND") or "pooled",
                    size=get("RPC_POOL_SIZE", int))
 
 

@@ -22,13 +22,13 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from shared.backoff import Backoff
 from shared.config import setting
 from shared.errors import Unavailable
 from shared.registry import (
     CONSUL_HTTP_ADDR_KEY,
     DEFAULT_REQUEST_TIMEOUT,
     REQUEST_TIMEOUT_KEY,
-    Backoff,
     ConsulRegistry,
     RegistryError,
     parse_duration,

@@ -24,6 +24,8 @@ import threading
 import time
 import uuid
 
+from shared.backoff import NO_JITTER, Backoff
+
 __all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
 
 log = logging.getLogger("gateway.events")
@@ -90,19 +92,18 @@ class EventSubscription:
             message.ack()
 
     def _run(self):
-        failures = 0
+        backoff = Backoff(initial=0.4, maximum=5.0, jitter=NO_JITTER)
         while not self._stopped.is_set():
             try:
                 self._listen()
-                failures = 0
+                backoff.reset()
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
                 self.last_error = exc
                 if self._connected.is_set():
                     log.warning("lost %s events (%s: %s); reconnecting", self.source,
                                 type(exc).__name__, exc)
                 self._connected.clear()
-                failures += 1
-                self._stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                self._stopped.wait(backoff.next())
         self._connected.clear()
 
     def _listen(self):

@@ -3,8 +3,8 @@
 ``RpcPool.call`` is the only path from the gateway to a service. Each gunicorn worker process
 holds a few (``RPC_POOL_SIZE``) thread-safe ``shared.rpc_client.RpcClient``s, created lazily
 after the fork so that no socket or thread crosses it, which all its threads share; each
-reconnects by itself after a broker outage. The alternative backend, ``nameko``, keeps one
-stock ``ClusterRpcProxy`` per thread; docs/benchmarks.md compares the two.
+reconnects by itself after a broker outage. (``make bench`` compares it with stock
+``ClusterRpcProxy``s: tests/bench/nameko_backend.py.)
 
 Hooks, registered by name (``add_before_rpc(name, hook)``, ``add_after_rpc(name, hook)``) and
 run in the order they were added: a before-hook ``hook(service)`` runs before every call and
@@ -24,7 +24,7 @@ from gateway import metrics
 from shared.errors import PlinthError, Unavailable
 from shared.rpc_client import BrokerUnavailable, RpcClient, RpcTimeout, ServiceNotRunning
 
-__all__ = ["RpcPool", "PooledBackend", "NamekoBackend", "RpcTimeout", "ServiceNotRunning",
+__all__ = ["RpcPool", "PooledBackend", "RpcTimeout", "ServiceNotRunning",
            "BrokerUnavailable"]
 
 log = logging.getLogger("gateway.rpc")
@@ -98,99 +98,10 @@ class PooledBackend:
         self._pid = None
 
 
-class NamekoBackend:
-    """A stock nameko ``ClusterRpcProxy`` per thread (not shareable between threads)."""
-
-    def __init__(self, amqp_uri, timeout, connect_timeout):
-        self.config = {"AMQP_URI": amqp_uri}
-        self.timeout = timeout
-        self._local = threading.local()
-        self._all = []
-        self._lock = threading.Lock()
-
-    def _proxy(self):
-        holder = getattr(self._local, "holder", None)
-        if holder is None or holder[0] != os.getpid():
-            from nameko.standalone.rpc import ClusterRpcProxy
-
-            standalone = ClusterRpcProxy(self.config, context_data={}, timeout=self.timeout)
-            holder = (os.getpid(), standalone, standalone.start())
-            self._local.holder = holder
-            with self._lock:
-                self._all.append(standalone)
-        return holder
-
-    def _drop(self):
-        holder = getattr(self._local, "holder", None)
-        self._local.holder = None
-        if holder is not None:
-            try:
-                holder[1].stop()
-            except Exception:  # noqa: BLE001 - the connection is already broken
-                pass
-
-    def call(self, service, method, kwargs, timeout, context):
-        from nameko.exceptions import RpcTimeout as NamekoTimeout
-        from nameko.exceptions import UnknownService
-
-        try:
-            _, standalone, proxy = self._proxy()
-        except OSError as exc:
-            raise BrokerUnavailable(f"the message broker is unreachable ({exc})") from None
-        # the proxy's context data and timeout are fixed at creation: set them per call
-        standalone._worker_ctx.data = dict(context or {})
-        standalone._reply_listener.queue_consumer.timeout = timeout
-        try:
-            return getattr(getattr(proxy, service), method)(**(kwargs or {}))
-        except NamekoTimeout:
-            self._drop()  # a late reply would otherwise reach the next call's listener
-            raise RpcTimeout(f"{service}.{method} did not answer within {timeout:g}s",
-                             {"service": service, "timeout": timeout}) from None
-        except UnknownService:
-            raise ServiceNotRunning(f"no instance of {service} is running",
-                                    {"service": service}) from None
-        except PlinthError:
-            raise
-        except (OSError, ConnectionError) as exc:
-            self._drop()
-            raise BrokerUnavailable(f"lost the message broker ({type(exc).__name__})") \
-                from None
-
-    def connected(self, wait=0.0):
-        from kombu import Connection
-
-        try:
-            with Connection(self.config["AMQP_URI"], connect_timeout=max(wait, 1.0)) as conn:
-                conn.ensure_connection(max_retries=1)
-            return True
-        except Exception:  # noqa: BLE001 - unreachable is the answer
-            return False
-
-    last_error = None
-
-    def close(self):
-        with self._lock:
-            proxies, self._all = self._all, []
-        for standalone in proxies:
-            try:
-                standalone.stop()
-            except Exception:  # noqa: BLE001 - closing: its connection may already be broken
-                pass
-
-
-BACKENDS = {"pooled": PooledBackend, "nameko": NamekoBackend}
-
-
 class RpcPool:
-    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, backend="pooled",
-                 size=4):
-        if backend not in BACKENDS:
-            raise ValueError(f"RPC_BACKEND must be one of {', '.join(BACKENDS)}")
-        self.backend_name = backend
-        if backend == "pooled":
-            self.backend = PooledBackend(amqp_uri, timeout, connect_timeout, size=size)
-        else:
-            self.backend = NamekoBackend(amqp_uri, timeout, connect_timeout)
+    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, size=4):
+        self.backend_name = "pooled"
+        self.backend = PooledBackend(amqp_uri, timeout, connect_timeout, size=size)
         self.timeout = timeout
         # (name, hook) pairs; replaced, never changed in place, so calls in flight on other
         # threads keep iterating the tuple they started with

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import ConfigError
+from shared.config import ConfigError, as_bool, as_list
 
 __all__ = ["DEFAULTS", "CONFIG_FILE_KEY", "Settings", "load", "read_yaml"]
 
@@ -18,8 +18,7 @@ DEFAULT_FILE = ROOT / "config" / "gateway.yaml"
 DEFAULTS = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
     "PLINTH_ENV": "development",
-    # rpc: "pooled" (shared.rpc_client, one per process) or "nameko" (ClusterRpcProxy per thread)
-    "RPC_BACKEND": "pooled",
+    # rpc: clients per process (shared.rpc_client), shared by its threads
     "RPC_POOL_SIZE": 4,
     "RPC_TIMEOUT": 10.0,
     "RPC_CONNECT_TIMEOUT": 3.0,
@@ -79,7 +78,7 @@ DEFAULTS = {
     "BREAKER_RESET_TIMEOUT": 5.0,
 }
 
-_CASTS = {bool: lambda v: str(v).strip().lower() in {"1", "true", "yes", "on"}}
+_CASTS = {bool: as_bool}
 
 # ``${VAR}`` or ``${VAR:default}`` anywhere in a scalar, as nameko's own config loader reads it
 _ENV_VAR = re.compile(r"\$\{([^}^{:]+)(?::([^}^{]*))?\}")
@@ -137,12 +136,7 @@ class Settings(dict):
                 from None
 
     def get_list(self, key):
-        value = self.get(key)
-        if value is None:
-            return []
-        if isinstance(value, list | tuple):
-            return [str(v).strip() for v in value if str(v).strip()]
-        return [part.strip() for part in str(value).split(",") if part.strip()]
+        return as_list(self.get(key))
 
 
 def load(config=None):

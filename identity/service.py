@@ -8,22 +8,12 @@ from shared import service as kernel  # not imported by name: nameko would take 
 from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
-from shared.rpc import call_service, load, rpc
+from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
 from shared.sagas import Sagas
 
-AUTHZ_TIMEOUT_KEY = "AUTHZ_RPC_TIMEOUT"
 # seconds provision_user waits for its saga before answering "accepted, still running"
 PROVISIONING_WAIT_KEY = "PROVISIONING_WAIT"
 SENSITIVE = ("password", "old_password", "new_password", "data")
-
-
-def _payload(data, fields):
-    """Accept input as one dict (gateway) or as keyword arguments (nameko shell)."""
-    if data is None:
-        return fields
-    if not isinstance(data, dict):
-        return data  # load() rejects it with a clear error
-    return {**data, **fields}
 
 
 class IdentityService(kernel.ServiceBase):
@@ -37,7 +27,7 @@ class IdentityService(kernel.ServiceBase):
 
     @rpc(sensitive_arguments=SENSITIVE)
     def create_user(self, data=None, **fields):
-        payload = load(schemas.CreateUserSchema(), _payload(data, fields))
+        payload = load(schemas.CreateUserSchema(), rpc_input(data, fields))
         return users.to_dict(users.create(self.db, self.passwords, payload))
 
     @rpc
@@ -53,12 +43,12 @@ class IdentityService(kernel.ServiceBase):
 
     @rpc
     def list_users(self, filters=None, **fields):
-        return users.page(self.db, load(schemas.ListUsersSchema(), _payload(filters, fields)))
+        return users.page(self.db, load(schemas.ListUsersSchema(), rpc_input(filters, fields)))
 
     @rpc
     def update_user(self, user_id, changes=None, **fields):
         users.check_id(user_id)
-        payload = load(schemas.UpdateUserSchema(), _payload(changes, fields))
+        payload = load(schemas.UpdateUserSchema(), rpc_input(changes, fields))
         return users.to_dict(users.update(self.db, user_id, payload))
 
     @rpc(sensitive_arguments=SENSITIVE)
@@ -102,7 +92,7 @@ class IdentityService(kernel.ServiceBase):
         """A user with roles, as a saga: the user and its roles when it completed in time,
         the failing step's error (with ``saga_id``) when it was compensated, else
         ``{accepted, saga_id, status}`` (it goes on by itself; ``get_saga`` follows it)."""
-        payload = load(schemas.ProvisionUserSchema(), _payload(data, fields))
+        payload = load(schemas.ProvisionUserSchema(), rpc_input(data, fields))
         saga_input = provisioning.prepare(self.db, self.passwords, payload)
         self.db.close()  # the saga runs in units of its own: give this connection back
         wait = setting(self.config, PROVISIONING_WAIT_KEY, 5.0, float)
@@ -118,5 +108,5 @@ class IdentityService(kernel.ServiceBase):
         """Who holds ``admin`` globally, from authz (identity knows no roles). When authz does
         not answer, the change waits: Unavailable, rather than a guess that could remove the
         last administrator."""
-        timeout = setting(self.config, AUTHZ_TIMEOUT_KEY, 5.0, float)
-        return call_service("authz", self.authz_rpc.global_admins, timeout=timeout)
+        return call_service("authz", self.authz_rpc.global_admins,
+                            timeout=rpc_timeout(self.config, "authz"))

@@ -1,7 +1,9 @@
 """Configuration helpers: environment, per-service database URIs, secrets."""
 
+import logging
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -19,8 +21,14 @@ __all__ = [
     "credentials_problem",
     "require_strong_credentials",
     "setting",
+    "as_bool",
+    "as_list",
+    "list_setting",
+    "renamed_setting",
     "ConfigError",
 ]
+
+log = logging.getLogger(__name__)
 
 DB_URI_KEY = "DB_URI"
 AMQP_URI_KEY = "AMQP_URI"
@@ -79,8 +87,41 @@ def setting(config, key, default=None, cast=None):
     if value in (None, "") or cast is None:
         return value if value != "" else default
     if cast is bool:
-        return str(value).lower() in {"1", "true", "yes", "on"}
+        return as_bool(value)
     return cast(value)
+
+
+def as_bool(value):
+    """A boolean setting: true for 1, true, yes or on (any case), false for anything else."""
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def as_list(value, separators=","):
+    """A list setting given as a YAML list or as one string split on any of ``separators``
+    (a space among them stands for any whitespace); blank items are dropped."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        items = value
+    else:
+        pattern = "[" + re.escape(separators.replace(" ", "")) + \
+            (r"\s" if " " in separators else "") + "]"
+        items = re.split(pattern, str(value))
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def list_setting(config, key, default=(), separators=","):
+    """``setting`` read as a list (``as_list``); ``default`` when unset or empty."""
+    return as_list(setting(config, key), separators) or list(default)
+
+
+def renamed_setting(config, key, old_key, default=None, cast=None):
+    """``setting(config, key)``, still honouring ``old_key`` (its deprecated name) with a
+    warning when only that one is set."""
+    if setting(config, key) is None and setting(config, old_key) is not None:
+        log.warning("%s is deprecated: set %s instead", old_key, key)
+        key = old_key
+    return setting(config, key, default, cast)
 
 
 def bits_per_character(text):

@@ -18,7 +18,7 @@ import time
 from nameko import events as nameko_events
 
 from shared.metrics import MetricsRegistry
-from shared.redelivery import Backoff, Redelivery
+from shared.redelivery import Redelivery, RetryPolicy
 
 __all__ = ["EventHandler", "event_handler", "CONFIG_PREFIX"]
 
@@ -45,7 +45,7 @@ class EventHandler(nameko_events.EventHandler):
 
     def setup(self):
         super().setup()
-        self.backoff = Backoff.from_config(self.container.config, CONFIG_PREFIX,
+        self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
         self.retries = self.metrics.counter(
             "plinth_event_retries", "Failed events put back for a later attempt", ["handler"])

@@ -11,6 +11,8 @@ from kombu import Connection
 from nameko.extensions import DependencyProvider
 
 from shared import config as cfg
+from shared import migrations
+from shared.hub import Hub
 
 __all__ = ["Health", "HealthReport", "check_database", "check_broker", "VERSION"]
 
@@ -54,8 +56,6 @@ def check_database(engine):
 
 def check_migrations(database):
     def probe():
-        from shared import migrations
-
         current, heads = migrations.status(database.container.service_name, database.engine,
                                            database.migrations)
         if current != heads:
@@ -90,11 +90,11 @@ class HealthReport:
         # fault), but Consul keeps this body as the check's output, which /status shows
         return ready, {"status": "ready" if ready else "not ready", "state": self.provider.state,
                        "checks": {c.name: c.to_dict() for c in checks},
-                       **self.provider.outbox_info(), **self.provider.ready_info()}
+                       **self.provider.outbox_info(), **self.provider.hub.ready_info()}
 
     def detail(self):
         checks = self.checks()
-        advisories = self.provider.run_soft_checks() + self.provider.outbox_checks()
+        advisories = self.provider.hub.run_advisories() + self.provider.outbox_checks()
         failed = [c for c in checks if not c.ok]
         if not failed and self.provider.state == "running":
             status = "healthy" if all(a.ok for a in advisories) else "degraded"
@@ -113,35 +113,35 @@ class HealthReport:
             "pid": os.getpid(),
             "checks": {c.name: c.to_dict() for c in checks + advisories},
             **provider.outbox_info(),
-            **provider.extra_info(),
-            **provider.ready_info(),
+            **provider.hub.info(),
+            **provider.hub.ready_info(),
         }
 
 
 class Health(DependencyProvider):
-    """Tracks the lifecycle state and answers health checks for the service's web server."""
+    """Tracks the lifecycle state and answers health checks for the service's web server.
+
+    The other providers show themselves through the container's ``Hub``: ``add_info`` (a
+    section of ``/health``), ``add_ready_info`` (also in the readiness body, which Consul keeps
+    as the check's output for /status: stuck sagas) and ``add_advisory`` (a check shown in
+    ``/health`` that makes it "degraded" but never fails readiness: a working instance must
+    not leave service because Consul is away).
+    """
+
+    hub = Hub()
 
     def __init__(self):
         self.state = "starting"
         self.started = time.monotonic()
         self.instance_id = None
         self._cache = (0.0, [])
-        self.extras = []
-        # also in the readiness body, which Consul keeps as the check's output for /status
-        # (task queue counts: shared.tasks; stuck sagas: shared.sagas)
-        self.ready_extras = []
-        # advisory checks (e.g. the registry): shown in /health and make it "degraded", but never
-        # fail readiness -- a working instance must not leave service because Consul is away
-        self.soft_checks = []
 
     def setup(self):
-        from shared.db import Database
-
         self.started = time.monotonic()
         self.instance_id = f"{self.container.service_name}-{os.uname().nodename}-{os.getpid()}"
         self.amqp_uri = self.container.config[cfg.AMQP_URI_KEY]
         cfg.require_strong_credentials(self.container.config, {cfg.AMQP_URI_KEY: self.amqp_uri})
-        self.databases = [d for d in self.container.dependencies if isinstance(d, Database)]
+        self.hub.add_stopping(lambda timeout: self.begin_stopping(), first=True)
 
     def start(self):
         self.state = "running"
@@ -156,11 +156,8 @@ class Health(DependencyProvider):
         """Fail readiness from the moment the container starts to stop (before the drain)."""
         self.state = "stopping"
 
-    def run_soft_checks(self):
-        return [soft() for soft in self.soft_checks]
-
     def outbox_info(self):
-        backlogs = [db.relay.backlog() for db in self.databases if db.relay is not None]
+        backlogs = [db.relay.backlog() for db in self.hub.databases if db.relay is not None]
         return {"outbox": backlogs[0]} if backlogs else {}
 
     def outbox_checks(self):
@@ -172,24 +169,12 @@ class Health(DependencyProvider):
                                 f"{backlog['pending']} pending, {backlog['parked']} parked"))
         return checks
 
-    def extra_info(self):
-        info = {}
-        for extra in self.extras:
-            info.update(extra())
-        return info
-
-    def ready_info(self):
-        info = {}
-        for extra in self.ready_extras:
-            info.update(extra())
-        return info
-
     def run_checks(self):
         stamp, checks = self._cache
         if time.monotonic() - stamp < CACHE_SECONDS and checks:
             return checks
         probes = [("broker", check_broker(self.amqp_uri))]
-        for db in self.databases:
+        for db in self.hub.databases:
             probes.append(("database", check_database(db.engine)))
             probes.append(("migrations", check_migrations(db)))
         pool = eventlet.GreenPool(len(probes))

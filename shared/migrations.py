@@ -21,6 +21,8 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
 from shared import config as cfg
+from shared.engine import make_engine
+from shared.logs import configure
 
 __all__ = ["upgrade", "ensure_current", "status", "run_env", "SchemaMismatch", "alembic_config"]
 
@@ -137,9 +139,7 @@ def ensure_current(service, engine, migrations=None):
 
 def run_env(metadata):
     """The body of every service's ``migrations/env.py``."""
-    from alembic import context
-
-    from shared.db import make_engine
+    from alembic import context  # alembic fills it in only while it runs an env.py
 
     config = context.config
     service = config.attributes.get("schema") or metadata.schema
@@ -177,9 +177,6 @@ def _services_here():
 
 def main(argv=None):
     """``python -m shared.migrations [service ...]``: migrate the named (or all core) services."""
-    from shared.db import make_engine
-    from shared.logs import configure
-
     configure()
     services = (argv if argv is not None else sys.argv[1:]) or _services_here()
     for service in services:

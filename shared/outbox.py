@@ -18,7 +18,6 @@ that stops answering cannot hold the rows' locks.
 
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -28,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from nameko.standalone.events import get_event_exchange
 
+from shared import task_queues
+from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
@@ -139,7 +140,7 @@ class RelayPolicy:
         """Seconds before the next try of a row that has failed ``attempts`` times."""
         if attempts >= self.max_attempts:
             return self.parked_retry
-        return min(self.cap, self.base * 2 ** (attempts - 1)) * random.uniform(0.75, 1.25)
+        return Backoff(self.base, self.cap, jitter=(0.75, 1.25)).delay(attempts - 1)
 
     @classmethod
     def from_config(cls, config):
@@ -224,9 +225,8 @@ class Relay:
             raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
                           f"({self.policy.max_event_bytes})")
         if "task_id" in row.payload:  # a task goes to its service's task queue, not to events
-            from shared import tasks
-
-            return tasks.relay_publish(self.publisher, row.payload, body)
+            return task_queues.publish(self.publisher, row.payload, body,
+                                       headers_for(row.payload))
         return self.publisher.publish(
             body, exchange=self.exchange, routing_key=row.event_type,
             content_type="application/json", content_encoding="utf-8",
@@ -274,17 +274,16 @@ class Relay:
 
     def run(self):
         self._running = True
-        failures = 0
+        backoff = Backoff(initial=0.4, maximum=5.0, jitter=WIDE_JITTER)
         while self._running:
             try:
                 while self._running and self.flush() == self.batch:
                     pass
-                failures = 0
+                backoff.reset()
                 self._housekeeping()
             except Exception as exc:  # noqa: BLE001 - keep relaying whatever went wrong
                 self.publisher.close()
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * (0.5 + random.random())
+                delay = backoff.next()
                 log.warning("outbox relay for %s failed (%s: %s); retrying in %.1fs",
                             self.service, type(exc).__name__, exc, delay)
                 self._wake.wait(delay)

@@ -26,15 +26,14 @@ failure: its class and the first line of its message, never SQL or parameters),
 first published), and on dead letters ``plinth-dead-reason`` (``exhausted`` or
 ``client_error``).
 
-API: ``Topology`` (names and kombu entities, usable without a container), ``Backoff`` (the
-retry policy), ``describe`` / ``is_client_error`` (how a failure is recorded and classified),
-and ``Redelivery``, the shared extension a consumer entrypoint declares to ``settle`` a failed
-message: retry later or dead-letter, then acknowledge.
+API: ``Topology`` (names and kombu entities, usable without a container), ``RetryPolicy``
+(how often and how late), ``describe`` / ``is_client_error`` (how a failure is recorded and
+classified), and ``Redelivery``, the shared extension a consumer entrypoint declares to
+``settle`` a failed message: retry later or dead-letter, then acknowledge.
 """
 
 import logging
 import math
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,10 +41,11 @@ from kombu import Exchange, Queue
 from nameko.extensions import SharedExtension
 
 from shared import config as cfg
+from shared.backoff import Backoff
 from shared.errors import PlinthError, TooManyRequests
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
-__all__ = ["Topology", "Backoff", "Redelivery", "Outcome", "describe", "is_client_error",
+__all__ = ["Topology", "RetryPolicy", "Redelivery", "Outcome", "describe", "is_client_error",
            "attempts_of", "DELAY_HEADER", "ATTEMPTS_HEADER", "QUEUE_HEADER", "ERROR_HEADER",
            "ERROR_TYPE_HEADER", "DEAD_REASON_HEADER", "PUBLISH_TIMEOUT_KEY"]
 
@@ -101,7 +101,7 @@ class Topology:
 
 
 @dataclass(frozen=True)
-class Backoff:
+class RetryPolicy:
     """How often and how late a failed message is tried again.
 
     The n-th retry waits ``base * factor ** (n - 1)`` seconds, at most ``cap``, spread by
@@ -116,8 +116,8 @@ class Backoff:
 
     def delay(self, failures):
         """Seconds to wait after the ``failures``-th failed attempt."""
-        plain = min(self.cap, self.base * self.factor ** max(0, failures - 1))
-        return plain * random.uniform(1 - self.jitter, 1 + self.jitter)
+        spread = (1 - self.jitter, 1 + self.jitter)
+        return Backoff(self.base, self.cap, self.factor, spread).delay(failures - 1)
 
     @classmethod
     def from_config(cls, config, prefix, **overrides):

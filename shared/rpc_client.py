@@ -22,6 +22,7 @@ import amqp
 from nameko.exceptions import deserialize
 
 import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
+from shared.backoff import NO_JITTER, Backoff
 from shared.errors import Unavailable
 
 __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
@@ -160,16 +161,15 @@ class RpcClient:
         return self
 
     def _run(self):
-        failures = 0
+        backoff = Backoff(initial=0.2, maximum=2.0, jitter=NO_JITTER)
         while not self._closed:
             if self._conn is None:
                 try:
                     self._connect()
-                    failures = 0
+                    backoff.reset()
                 except Exception as exc:  # noqa: BLE001 - retried with backoff
-                    failures += 1
                     self.last_error = exc
-                    time.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
+                    time.sleep(backoff.next())
                     continue
             try:
                 self._read_some()

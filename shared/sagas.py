@@ -27,7 +27,6 @@ must look. Events ``saga.started``, ``saga.completed``, ``saga.compensated`` and
 
 import logging
 import os
-import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,9 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import sessionmaker
 
 from shared import config as cfg
+from shared.backoff import HALF_JITTER, NO_JITTER, Backoff
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY
+from shared.db import UnitOfWork
 from shared.errors import (
     ERROR_KINDS,
     Conflict,
@@ -50,7 +51,9 @@ from shared.errors import (
     PlinthError,
     Unauthorized,
 )
+from shared.hub import Hub
 from shared.ids import is_uuid, uuid7
+from shared.rpc_client import RpcClient
 
 __all__ = ["Saga", "Step", "RpcAction", "TaskAction", "LocalAction", "Sagas",
            "SagaDefinitionError", "define_table", "IDEMPOTENCY_KEY", "RUNNING", "COMPLETED",
@@ -65,6 +68,8 @@ ACTIVE = (RUNNING, COMPENSATING)
 TERMINAL = (COMPLETED, COMPENSATED, FAILED)
 CLIENT_ERRORS = (Invalid, NotFound, Conflict, Forbidden, Unauthorized)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+# waits between tries of a step that failed for a reason worth retrying
+STEP_RETRY = Backoff(initial=0.4, maximum=30.0, jitter=HALF_JITTER)
 _TABLES = {}
 
 
@@ -298,6 +303,8 @@ class Sagas(DependencyProvider):
     ``SAGA_CONCURRENCY`` (sagas driven at once per instance, 20).
     """
 
+    hub = Hub()
+
     def __init__(self, *definitions, task_dispatcher=None):
         names = [d.name for d in definitions]
         if len(set(names)) != len(names):
@@ -324,27 +331,10 @@ class Sagas(DependencyProvider):
         except KeyError:
             raise RuntimeError(f"no sagas table for {self.service}: call "
                                "shared.sagas.define_table(metadata) in its models") from None
-        self._hook_health()
-
-    def _hook_health(self):
-        from shared.health import Health
-
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, Health):
-                dependency.ready_extras.append(self.stuck_info)
-
-    def _database(self):
-        from shared.db import Database
-
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, Database):
-                return dependency
-        raise RuntimeError("Sagas needs the service's Database dependency")
+        self.hub.add_ready_info(self.stuck_info)
 
     def start(self):
-        from shared.rpc_client import RpcClient
-
-        database = self._database()
+        database = self.hub.database()
         self.engine = database.engine
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._wake_relay = database.relay.wake if database.relay else (lambda: None)
@@ -454,17 +444,17 @@ class Sagas(DependencyProvider):
             self._wake.send()
 
     def _poll_loop(self):
-        failures = 0
+        backoff = Backoff(initial=min(10.0, 2 * self.poll_interval), maximum=10.0,
+                          jitter=NO_JITTER)
         while self._running:
             try:
                 free = self.pool.free()
                 for saga_id in (self.claim_due(free) if free else []):
                     self.pool.spawn_n(self._drive, saga_id)
-                failures = 0
+                backoff.reset()
                 delay = self.poll_interval
             except Exception as exc:  # noqa: BLE001 - keep polling whatever went wrong
-                failures += 1
-                delay = min(10.0, self.poll_interval * 2 ** min(failures, 4))
+                delay = backoff.next()
                 log.warning("saga runner of %s could not poll (%s: %s); again in %.1fs",
                             self.service, type(exc).__name__, exc, delay)
             with eventlet.Timeout(delay, False):
@@ -585,7 +575,7 @@ class Sagas(DependencyProvider):
                     log.warning("saga %s step %s: deadline of %gs passed (%s)", saga_id,
                                 step.name, deadline, type(exc).__name__)
                     return ("refused", error_record(step, exc) | {"kind": "timeout"})
-                wait = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+                wait = STEP_RETRY.delay(failures - 1)
                 if not forever:
                     wait = max(0.05, min(wait, deadline - elapsed))
                 log.info("saga %s step %s: transient failure %s (%s); retrying in %.1fs",
@@ -671,8 +661,6 @@ class _SagaUnit:
     """A UnitOfWork (shared.db) usable as a context manager that always ends its session."""
 
     def __init__(self, sessions, service, context, on_commit):
-        from shared.db import UnitOfWork
-
         self.unit = UnitOfWork(sessions, service, context, on_commit=on_commit)
 
     def __getattr__(self, name):

@@ -8,7 +8,7 @@ from werkzeug.wrappers import Response
 from shared.context import RequestContext
 from shared.health import Health
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
-from shared.registry import Registration, deregister_first
+from shared.registration import Registration, deregister_first
 
 __all__ = ["ServiceBase", "json_response"]
 
@@ -21,7 +21,7 @@ def json_response(body, status=200):
 class ServiceBase:
     """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health``,
     Prometheus ``/metrics`` (``self.metrics``; see shared.metrics) and its registration with
-    Consul (``self.registration``; see shared.registry).
+    Consul (``self.registration``; see shared.registration).
 
     Import this module, not the class (``from shared import service as kernel``): nameko run
     takes every top-level class with entrypoints in a service module for a service.

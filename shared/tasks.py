@@ -58,28 +58,37 @@ from functools import partial
 
 import sqlalchemy as sa
 from eventlet.event import Event
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from nameko.exceptions import ContainerBeingKilled
 from nameko.exceptions import registry as _nameko_remote_errors
 from nameko.extensions import Entrypoint, ProviderCollector, SharedExtension
-from nameko.messaging import QueueConsumer
 
 from shared import config as cfg
 from shared import outbox
+from shared.compat import RawQueueConsumer
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
+from shared.engine import make_engine
 from shared.errors import Invalid
+from shared.hub import Hub
 from shared.metrics import MetricsRegistry
 from shared.redelivery import (
     ATTEMPTS_HEADER,
     DEAD_REASON_HEADER,
     DELAY_HEADER,
-    Backoff,
     Redelivery,
+    RetryPolicy,
     attempts_of,
     describe,
     is_client_error,
 )
 from shared.task_catalogue import KNOWN_TASKS
+from shared.task_queues import (
+    DELAY_LEVELS_MS,
+    ETA_HEADER,
+    RUN_WITHIN_MS,
+    TaskTopology,
+    task_queue,
+)
 
 __all__ = ["task", "TaskEntrypoint", "TaskConsumer", "UnknownTask", "InvalidTaskData",
            "add", "envelope", "check_name", "saga_step", "define_tables", "task_queue",
@@ -92,11 +101,6 @@ CONFIG_PREFIX = "TASK"  # TASK_MAX_ATTEMPTS, TASK_RETRY_DELAY, TASK_RETRY_MAX_DE
 MAX_DATA_BYTES_KEY = "TASK_MAX_DATA_BYTES"
 DEFAULT_MAX_DATA_BYTES = 64 * 1024
 MAX_DELAY = timedelta(days=366)
-ETA_HEADER = "plinth-eta"  # when the task is due, in milliseconds since the epoch
-TASK_HEADER = "plinth-task"
-DELAY_LEVELS_MS = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000,
-                   900_000, 3_600_000)
-RUN_WITHIN_MS = 50  # a task this close to its time runs now rather than waiting again
 REQUEUE_PAUSE = 1.0  # seconds, before handing back a message the broker would not take
 COUNT_EVERY = 2.0  # seconds between two counts of the queues
 NAME = re.compile(r"^([a-z][a-z0-9_]{0,39})\.([a-z][a-z0-9_]{0,39})\.([a-z][a-z0-9_]{0,39})$")
@@ -135,32 +139,6 @@ def define_tables(metadata):
     )
     _TABLES[metadata.schema] = table
     return table
-
-
-def task_queue(service):
-    """The durable queue that holds ``service``'s tasks."""
-    return Queue(f"{service}.tasks", durable=True, auto_delete=False)
-
-
-class TaskTopology:
-    """The task queue and delay entities of one service (see the module docstring)."""
-
-    def __init__(self, service):
-        self.service = service
-        self.queue = task_queue(service)
-        self.delay_exchange = Exchange(f"{service}.tasks.delay", type="headers", durable=True)
-
-    def delay_queue(self, ms):
-        return Queue(
-            f"{self.service}.tasks.delay.{ms}", exchange=self.delay_exchange, durable=True,
-            auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
-            queue_arguments={"x-message-ttl": ms, "x-dead-letter-exchange": ""})
-
-    @staticmethod
-    def level_for(remaining_ms):
-        """The largest delay level not beyond ``remaining_ms`` (the smallest at least)."""
-        fitting = [ms for ms in DELAY_LEVELS_MS if ms <= remaining_ms]
-        return fitting[-1] if fitting else DELAY_LEVELS_MS[0]
 
 
 # -- dispatching --------------------------------------------------------------------------
@@ -276,67 +254,7 @@ def saga_step(uow, name, payload, key):
     return {"task_id": env["task_id"], "task_type": name}
 
 
-def relay_publish(publisher, env, body):
-    """Send an outbox row holding a task to its service's queue (used by ``outbox.Relay``).
-
-    Returns what ``ConfirmedPublisher.publish`` does (False when unroutable: the row waits).
-    """
-    name = env["task_type"]
-    topology = TaskTopology(name.split(".", 1)[0])
-    # the owner's queue is declared here too: a task sent before its service ever started
-    # waits in that queue rather than in the outbox, and a delayed one has a queue to return to
-    declare = [topology.queue]
-    headers = {**outbox.headers_for(env), TASK_HEADER: name}
-    properties = {"content_type": "application/json", "content_encoding": "utf-8",
-                  "message_id": env["task_id"]}
-    eta = _eta_ms(env.get("eta"))
-    remaining = eta - time.time() * 1000 if eta else 0
-    if remaining > RUN_WITHIN_MS:
-        ms = topology.level_for(remaining)
-        bucket = topology.delay_queue(ms)
-        headers.update({ETA_HEADER: eta, DELAY_HEADER: str(ms)})
-        return publisher.publish(body, exchange=topology.delay_exchange,
-                                 routing_key=topology.queue.name, headers=headers,
-                                 declare=[*declare, bucket], **properties)
-    return publisher.publish(body, exchange="", routing_key=topology.queue.name,
-                             headers=headers, declare=declare, **properties)
-
-
-def _eta_ms(value):
-    if not value:
-        return None
-    try:
-        return int(datetime.fromisoformat(value).timestamp() * 1000)
-    except (TypeError, ValueError):
-        return None
-
-
 # -- handling -----------------------------------------------------------------------------
-
-
-class _RawQueueConsumer(QueueConsumer):
-    """nameko's queue consumer, handing messages over undecoded: a body that does not decode
-    (a poison message) must be dead-lettered by the task consumer, not raise in kombu's loop
-    and come back forever."""
-
-    def setup(self):
-        # what get_consumers below relies on, from nameko 2.14's QueueConsumer: fail at start,
-        # loudly, on a nameko that no longer has it
-        missing = [name for name in ("_providers", "_consumers", "prefetch_count")
-                   if not hasattr(self, name)]
-        if missing:
-            raise RuntimeError(f"nameko's QueueConsumer lacks {missing}: shared.tasks needs "
-                               "updating for this nameko version")
-        super().setup()
-
-    def get_consumers(self, consumer_cls, channel):
-        for provider in self._providers:
-            handle = partial(self.handle_message, provider, None)
-            consumer = consumer_cls(queues=[provider.queue], on_message=handle,
-                                    on_decode_error=lambda message, _exc, h=handle: h(message))
-            consumer.qos(prefetch_count=self.prefetch_count)
-            self._consumers[provider] = consumer
-        return self._consumers.values()
 
 
 class TaskConsumer(SharedExtension, ProviderCollector):
@@ -344,9 +262,10 @@ class TaskConsumer(SharedExtension, ProviderCollector):
     declares its name, settles failures (retry later or dead-letter), runs the periodic
     schedule and counts the queues for ``/health`` and ``/metrics``."""
 
-    queue_consumer = _RawQueueConsumer()
+    queue_consumer = RawQueueConsumer()
     redelivery = Redelivery()
     metrics = MetricsRegistry()
+    hub = Hub()
 
     def __init__(self):
         super().__init__()
@@ -383,11 +302,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             read = (lambda: self.in_flight) if state == "in_flight" \
                 else partial(self.counts.get, state)
             self.metrics.gauge(f"plinth_tasks_{state}", f"Tasks {text}", read)
-        self._attach_to_health()
+        self.hub.add_ready_info(self.describe)  # /health/ready, so /status, and /health
 
     def start(self):
-        from shared.db import make_engine
-
         self.engine = make_engine(cfg.db_uri(self.container.service_name, self.container.config),
                                   self.container.service_name, pool_size=2)
         self.container.spawn_managed_thread(self._count_loop, identifier="task-counts")
@@ -415,13 +332,6 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             self._unregistered.send(True)
         self._unregistered.wait()
         super().unregister_provider(provider)
-
-    def _attach_to_health(self):
-        from shared.health import Health
-
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, Health):
-                dependency.ready_extras.append(self.describe)  # /health shows them too
 
     def describe(self):
         return {"tasks": {"queue": self.queue.name, **self.counts, "in_flight": self.in_flight,
@@ -543,21 +453,16 @@ class TaskConsumer(SharedExtension, ProviderCollector):
 
     def _announce(self, message, task, data):
         """Write ``task.dead_lettered`` to the outbox (the audit trail records it)."""
-        from sqlalchemy.orm import sessionmaker
-
-        from shared.db import UnitOfWork
-
+        service = self.container.service_name
         context = {REQUEST_ID_KEY: (task or {}).get("request_id")
                    or _context_of(message).get(REQUEST_ID_KEY)}
-        uow = UnitOfWork(sessionmaker(bind=self.engine), self.container.service_name, context)
         try:
-            uow.emit("task.dead_lettered", data["task_id"], data)
-            uow.commit()
+            with self.engine.begin() as conn:
+                outbox.add(conn, service, outbox.envelope(
+                    service, "task.dead_lettered", data["task_id"], data, context))
         except Exception as exc:  # noqa: BLE001 - the dead letter is safe; only the event is lost
             log.error("could not write task.dead_lettered for %s (%s)", data["task_id"],
                       type(exc).__name__)
-        finally:
-            uow.discard()
 
     # -- the periodic schedule --
     def _schedule_loop(self):
@@ -657,7 +562,7 @@ class TaskEntrypoint(Entrypoint):
         if self.name.split(".", 1)[0] != service:
             raise ValueError(f"{service} cannot handle {self.name}: a service handles only "
                              f"tasks named after it ({service}.<entity>.<request>)")
-        self.backoff = Backoff.from_config(self.container.config, CONFIG_PREFIX,
+        self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
         self.consumer.register_provider(self)
 

@@ -33,7 +33,8 @@ from shared.redelivery import (
     QUEUE_HEADER,
     Topology,
 )
-from shared.tasks import RESET_HEADERS, TASK_HEADER
+from shared.task_queues import TASK_HEADER
+from shared.tasks import RESET_HEADERS
 
 __all__ = ["main", "DeadLetters"]
 

@@ -44,7 +44,7 @@ def _gunicorn(env, name, app, **extra):
                              app], cwd=ROOT, env=variables, stdout=log,
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    probe = "/health/ready" if app.startswith("gateway") else "/api/v1/users/me"
+    probe = "/api/v1/users/me" if "bare_app" in app else "/health/ready"
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}{probe}", timeout=2).ok:
@@ -218,8 +218,8 @@ def run(env):
         _stop(bare)
     results = {}
     for backend in ("pooled", "nameko"):
-        gateway, url = _gunicorn(env, f"gateway-{backend}", "gateway.wsgi:app",
-                                 GATEWAY_RPC_BACKEND=backend)
+        app = "gateway.wsgi:app" if backend == "pooled" else "tests.bench.nameko_wsgi:app"
+        gateway, url = _gunicorn(env, f"gateway-{backend}", app)
         try:
             check = requests.get(f"{url}/api/v1/users/me", timeout=5,
                                  headers={"Authorization": f"Bearer {token}"})
@@ -272,7 +272,7 @@ def run(env):
         f"Target: ≥ 0.25× the bare endpoint's requests/s with p99 ≤ 50 ms: the gateway "
         f"**{verdict}** it ({ratio:.2f}×, p99 {pooled['p99']:.1f} ms). The shared "
         f"`RpcClient` is {pooled['rps'] / max(results['nameko']['rps'], 1):.1f}× the "
-        "throughput of stock nameko proxies, so it is the default (`RPC_BACKEND=pooled`).",
+        "throughput of stock nameko proxies, so it is the gateway's only client.",
         "",
         f"Machine load average (1 min) before / after the run: {load_before:.2f} / "
         f"{load_after:.2f}; anything else running on the two cores lowers every figure, "

@@ -159,7 +159,7 @@ def run(env):
         "BEGIN, SELECT, ROLLBACK). identity spends "
         f"**{identity_cpu_ms:.2f} ms of CPU per `get_user`**, read from /proc: it reads the "
         "row with one Core statement outside a session (`UnitOfWork.read`) and replies over "
-        "one kept connection without publisher confirms (`shared.rpc._ReplySender`), where "
+        "one kept connection without publisher confirms (`shared.replies.ReplySender`), where "
         "stock nameko builds a publisher and takes a pooled producer for every reply. The "
         "client side is already near the floor: replies go to one kept reply queue.",
     ])

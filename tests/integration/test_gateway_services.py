@@ -10,6 +10,7 @@ import pytest
 from audit.service import AuditService
 from authz.service import AuthzService
 from identity.service import IdentityService
+from tests.bench.nameko_backend import install as install_nameko_backend
 from tests.helpers import STRONG_PASSWORD, new_email
 from tests.support.auth_helpers import start_auth
 from tests.support.gateway_helpers import (
@@ -190,7 +191,9 @@ def write_feature_routes_dir():
 @pytest.mark.parametrize("backend", ["pooled", "nameko"])
 def test_both_rpc_backends_answer_alike(start_service, core, apps, backend):
     start_service(FeatureService)
-    client = apps(RPC_BACKEND=backend, ROUTES_DIR=str(write_feature_routes_dir()))
+    client = apps(ROUTES_DIR=str(write_feature_routes_dir()))
+    if backend == "nameko":
+        install_nameko_backend(client.application)
     user, pair = user_with_token(client)
     me = client.get(f"{API}/users/me", headers=bearer(pair["access_token"]))
     assert me.status_code == 200 and me.get_json()["id"] == user["id"]

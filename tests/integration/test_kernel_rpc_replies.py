@@ -1,4 +1,4 @@
-"""RPC replies go out over one kept connection per container (shared.rpc._ReplySender)."""
+"""RPC replies go out over one kept connection per container (shared.replies.ReplySender)."""
 
 import threading
 import time

@@ -1,4 +1,4 @@
-"""Every service registers itself with Consul (shared.registry.Registration in ServiceBase):
+"""Every service registers itself with Consul (shared.registration.Registration in ServiceBase):
 on start, with an HTTP check on /health/ready; deregistered on stop before in-flight work
 drains; running on, and retrying, while Consul is away; re-registering when Consul forgets."""
 
@@ -168,7 +168,7 @@ def test_a_deregistration_behind_its_back_is_repaired(start_service, consul_agen
 def test_without_a_consul_address_the_service_runs_unregistered_and_says_so_once(
         start_service, rpc, caplog, monkeypatch):
     monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
-    with caplog.at_level(logging.INFO, logger="shared.registry"):
+    with caplog.at_level(logging.INFO, logger="shared.registration"):
         container = start_service(ProbeService, CONSUL_HTTP_ADDR="")
         assert rpc.call("registry_probe", "ping") == "pong"
         assert rpc.call("registry_probe", "registration_state") == "disabled"

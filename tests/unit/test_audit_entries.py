@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 import pytest
 
 from audit import entries, schemas
-from audit.consumer import parse_list
 from audit.redaction import REDACTED, Redactor
 from shared.context import Actor
 from shared.errors import Invalid
@@ -197,10 +196,3 @@ def test_cursors_round_trip_and_bad_ones_are_refused():
         with pytest.raises(Invalid) as caught:
             entries.decode_cursor(bad)
         assert caught.value.details == {"cursor": ["not a cursor from a previous page"]}
-
-
-def test_list_settings_accept_strings_and_lists():
-    assert parse_list("identity, auth,authz  billing") == ["identity", "auth", "authz",
-                                                           "billing"]
-    assert parse_list(["a", " b "]) == ["a", "b"]
-    assert parse_list(None) == parse_list("") == []

@@ -12,7 +12,6 @@ from auth.dependencies import (
     DEVELOPMENT_SECRET,
     LoginGuard,
     Tokens,
-    call_with_timeout,
     encryption_secrets,
     rsa_bits,
     throttle_policy,
@@ -23,6 +22,7 @@ from auth.service import AuthService
 from auth.tokens import TokenSettings
 from shared.config import ConfigError
 from shared.errors import Invalid, NotFound, TooManyRequests, Unauthorized, Unavailable
+from shared.rpc import call_service
 from tests.support.auth_helpers import outbox_events, sqlite_database, unit_of_work
 
 SECRET = "unit-test-key-encryption-secret-0123456789"
@@ -197,8 +197,8 @@ def test_rpc_to_a_silent_service_times_out_as_unavailable():
     def silent(**kwargs):
         eventlet.sleep(5)
 
-    with pytest.raises(Unavailable, match="in time"):
-        call_with_timeout(silent, 0.05, email="x")
+    with pytest.raises(Unavailable, match="did not answer"):
+        call_service("identity", silent, timeout=0.05, email="x")
 
 
 def test_rpc_to_a_service_that_is_not_running_is_unavailable():
@@ -206,7 +206,7 @@ def test_rpc_to_a_service_that_is_not_running_is_unavailable():
         raise UnknownService("identity")
 
     with pytest.raises(Unavailable, match="not running"):
-        call_with_timeout(absent, 1.0)
+        call_service("identity", absent, timeout=1.0)
 
 
 def test_refresh_of_a_disabled_or_deleted_user_is_refused(service, identity):

@@ -165,18 +165,18 @@ def test_settings_expand_environment_variables(tmp_path, monkeypatch):
                     "JWT_ISSUER: ${GW_TEST_ISSUER:plinth}\nACCESS_LOG: ${GW_TEST_LOG:true}\n")
     monkeypatch.setenv("GW_TEST_ISSUER", "https://id.example.test")
     monkeypatch.setenv("GW_TEST_LOG", "false")
-    loaded = settings.load({settings.CONFIG_FILE_KEY: str(path), "RPC_BACKEND": "nameko"})
+    loaded = settings.load({settings.CONFIG_FILE_KEY: str(path), "RPC_POOL_SIZE": 2})
     assert loaded.get_as("RPC_TIMEOUT", float) == 7.0
     assert loaded["JWT_ISSUER"] == "https://id.example.test"
     assert loaded.get_as("ACCESS_LOG", bool) is False
     assert loaded.get_list("CORS_ORIGINS") == []  # empty in the file: the default stays
-    assert loaded["RPC_BACKEND"] == "nameko"
+    assert loaded["RPC_POOL_SIZE"] == 2
     with pytest.raises(ConfigError, match="RPC_TIMEOUT"):
         settings.Settings(RPC_TIMEOUT="soon").get_as("RPC_TIMEOUT", float)
 
 
 def test_the_repository_config_file_loads():
     loaded = settings.load()
-    assert loaded["RPC_BACKEND"] == "pooled"
+    assert loaded.get_as("RPC_POOL_SIZE", int) == 4
     assert loaded.get_as("MAX_CONTENT_LENGTH", int) == 65536
     assert loaded.get_list("JWT_ALGORITHMS") == ["RS256", "ES256", "EdDSA"]

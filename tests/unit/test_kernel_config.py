@@ -11,10 +11,15 @@ import yaml
 from gateway.app import create_app
 from shared.config import (
     ConfigError,
+    as_bool,
+    as_list,
     credentials_problem,
+    list_setting,
+    renamed_setting,
     require_strong_credentials,
     secret,
     secret_problem,
+    setting,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +125,30 @@ def test_the_gateway_refuses_weak_broker_or_redis_credentials_in_production():
     with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI has a password"):
         create_app({**PRODUCTION, "AMQP_URI": f"amqp://plinth:{STRONG}@127.0.0.1:1/",
                     "RATELIMIT_STORAGE_URI": "redis://:change-me@127.0.0.1:1/0"})
+
+
+def test_list_settings_accept_strings_and_lists():
+    assert as_list("identity, auth,authz  billing", ", ") == ["identity", "auth", "authz",
+                                                              "billing"]
+    assert as_list("a, b c") == ["a", "b c"]  # commas only, unless told otherwise
+    assert as_list(["a", " b ", ""]) == ["a", "b"]
+    assert as_list(None) == as_list("") == []
+    assert list_setting({"TAGS": ""}, "TAGS", ("x",)) == ["x"]
+    assert list_setting({"TAGS": "p, q"}, "TAGS") == ["p", "q"]
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), (" Yes ", True),
+                                             ("ON", True), (True, True), ("0", False),
+                                             ("false", False), ("no", False), (False, False)])
+def test_boolean_settings_read_the_usual_words(value, expected):
+    assert as_bool(value) is expected
+    assert setting({"FLAG": value}, "FLAG", cast=bool) is expected
+
+
+def test_a_renamed_setting_still_reads_its_old_name_with_a_warning(caplog):
+    assert renamed_setting({"NEW": "3"}, "NEW", "OLD", 1.0, float) == 3.0
+    assert renamed_setting({"NEW": "3", "OLD": "4"}, "NEW", "OLD", 1.0, float) == 3.0
+    assert not caplog.records
+    assert renamed_setting({"OLD": "4"}, "NEW", "OLD", 1.0, float) == 4.0
+    assert "OLD is deprecated: set NEW instead" in caplog.text
+    assert renamed_setting({}, "NEW", "OLD", 1.0, float) == 1.0

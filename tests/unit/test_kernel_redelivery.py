@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unavailable
-from shared.redelivery import Backoff, Topology, describe, is_client_error
+from shared.redelivery import RetryPolicy, Topology, describe, is_client_error
 
 
 @pytest.mark.parametrize("seconds", [0.1, 0.25, 0.3, 1, 1.7, 5, 42, 300, 3600, 86400])
@@ -14,7 +14,7 @@ def test_a_delay_is_held_within_five_percent_by_its_bucket(seconds):
 
 
 def test_jittered_retries_share_a_few_buckets():
-    backoff = Backoff(base=1.0, cap=300.0)
+    backoff = RetryPolicy(base=1.0, cap=300.0)
     buckets = {Topology.bucket_ms(backoff.delay(n)) for n in range(1, 6) for _ in range(500)}
     assert len(buckets) <= 5 * 7
 
@@ -29,7 +29,7 @@ def test_delay_queues_return_expired_messages_through_the_default_exchange():
 
 
 def test_backoff_grows_by_its_factor_within_its_jitter_up_to_its_cap():
-    backoff = Backoff(base=0.5, factor=2.0, cap=3.0, jitter=0.25)
+    backoff = RetryPolicy(base=0.5, factor=2.0, cap=3.0, jitter=0.25)
     for failures, plain in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
         delays = [backoff.delay(failures) for _ in range(200)]
         assert all(plain * 0.75 <= d <= plain * 1.25 for d in delays)
@@ -38,9 +38,10 @@ def test_backoff_grows_by_its_factor_within_its_jitter_up_to_its_cap():
 
 def test_backoff_reads_its_settings_from_config_with_explicit_overrides_winning():
     config = {"EVENT_MAX_ATTEMPTS": "7", "EVENT_RETRY_DELAY": "0.2", "EVENT_RETRY_MAX_DELAY": 9}
-    assert Backoff.from_config(config, "EVENT") == Backoff(max_attempts=7, base=0.2, cap=9.0)
-    assert Backoff.from_config(config, "EVENT", max_attempts=2).max_attempts == 2
-    assert Backoff.from_config({}, "EVENT") == Backoff()
+    assert RetryPolicy.from_config(config, "EVENT") == RetryPolicy(max_attempts=7, base=0.2,
+                                                                   cap=9.0)
+    assert RetryPolicy.from_config(config, "EVENT", max_attempts=2).max_attempts == 2
+    assert RetryPolicy.from_config({}, "EVENT") == RetryPolicy()
 
 
 @pytest.mark.parametrize("error", [Invalid("bad"), NotFound("gone"), Conflict("taken"),

@@ -1,9 +1,8 @@
-"""The registry's plain parts: addresses, durations, statuses, instances, backoff, checks."""
+"""The registry's plain parts: addresses, durations, statuses, instances, checks."""
 
 import pytest
 
 from shared.registry import (
-    Backoff,
     CheckSpec,
     ConsulRegistry,
     Instance,
@@ -107,18 +106,3 @@ def test_an_http_check_becomes_consuls_check_definition():
     assert check["interval"] == "10s" and check["timeout"] == "3s"
     assert check["DeregisterCriticalServiceAfter"] == "60s"
     assert "DeregisterCriticalServiceAfter" not in CheckSpec("http://x/", 1, 1, None).to_consul()
-
-
-def test_backoff_grows_exponentially_with_jitter_and_is_capped():
-    lowest = Backoff(initial=0.5, maximum=4.0, rng=lambda: 0.0)
-    highest = Backoff(initial=0.5, maximum=4.0, rng=lambda: 1.0)
-    assert [lowest.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
-    assert [highest.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    highest.reset()
-    assert highest.next() == 0.5
-
-
-def test_backoff_jitter_spreads_retries():
-    backoff = Backoff(initial=1.0, maximum=1.0)
-    delays = {round(backoff.next(), 6) for _ in range(20)}
-    assert len(delays) > 1 and all(0.5 <= d <= 1.0 for d in delays)
