@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from nameko.standalone.events import get_event_exchange
 
+from shared import task_queues
 from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
@@ -96,9 +97,11 @@ def envelope(service, event_type, subject, data, context_data, actor=None):
 
 
 def add(session, service, env):
+    """Write ``env`` (an event, or a task of shared.tasks) to ``service``'s outbox."""
     outbox, _ = _tables(service)
     session.execute(outbox.insert().values(
-        event_id=env["event_id"], event_type=env["event_type"], payload=env,
+        event_id=env.get("event_id") or env["task_id"],
+        event_type=env.get("event_type") or env["task_type"], payload=env,
         created_at=utcnow(), attempts=0,
     ))
 
@@ -221,6 +224,9 @@ class Relay:
         if len(body) > self.policy.max_event_bytes:
             raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
                           f"({self.policy.max_event_bytes})")
+        if "task_id" in row.payload:  # a task goes to its service's task queue, not to events
+            return task_queues.publish(self.publisher, row.payload, body,
+                                       headers_for(row.payload))
         return self.publisher.publish(
             body, exchange=self.exchange, routing_key=row.event_type,
             content_type="application/json", content_encoding="utf-8",
