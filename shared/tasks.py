@@ -8,8 +8,6 @@ service handles it, in the handler it declares::
 
         @task("audit.export.generate", max_attempts=3)
         def generate_export(self, task):
-            if not self.db.claim(task):      # a redelivery of a task already done: skip
-                return
             ...                              # task["data"], task["attempt"], task["actor"]
             self.db.commit()                 # the effect and the dedupe mark commit together
 
@@ -19,6 +17,15 @@ service handles it, in the handler it declares::
 and anyone dispatches it *inside a unit of work*: ``self.db.dispatch("audit.export.generate",
 {"filters": ...}, delay=seconds | eta=datetime)`` writes the task to the outbox; the relay
 sends it once the unit commits (no task without its change, no change without its task).
+
+The kernel deduplicates on ``task_id``: before the handler runs, it records the task in the
+service's ``processed_events`` inside the handler's own unit of work (the service's first
+``Database``), so the mark commits with the handler's effects or rolls back with them. A
+redelivery of a task already done is acknowledged without running the handler (counted in
+``plinth_task_duplicates_total``). When the handler returns, what it left uncommitted in its
+unit of work is committed with the mark; when it raises, all of it is rolled back. Handlers
+that still call ``self.db.claim(task)`` get True. A service without a ``Database`` is not
+deduplicated.
 
 Dispatch refuses, before writing anything, with ``UnknownTask`` a malformed name, a name of
 the dispatching service that no handler declares, or another service's task not listed in
@@ -93,7 +100,7 @@ from shared.task_queues import (
 __all__ = ["task", "TaskEntrypoint", "TaskConsumer", "UnknownTask", "InvalidTaskData",
            "add", "envelope", "check_name", "saga_step", "define_tables", "task_queue",
            "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
-           "CONFIG_PREFIX"]
+           "CONFIG_PREFIX", "deduplicated", "DUPLICATE"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,25 @@ class InvalidTaskData(Invalid):
 # rebuilt as themselves when they cross RPC (see shared.errors)
 for _cls in (UnknownTask, InvalidTaskData):
     _nameko_remote_errors[f"{__name__}.{_cls.__name__}"] = _cls
+
+
+DUPLICATE = type("Duplicate", (), {"__repr__": lambda self: "DUPLICATE"})()
+"""What a deduplicated handler returns for a task done before (its handler did not run)."""
+
+
+def deduplicated(uow, handler):
+    """``handler(task)`` behind the kernel's claim of the task in ``uow``, its unit of work
+    (``UnitOfWork.claim_task``): ``DUPLICATE`` without running it when the task was done
+    before; otherwise its result, with what it left in ``uow`` committed."""
+
+    def run(task, *args, **kwargs):
+        if not uow.claim_task(task):
+            return DUPLICATE
+        result = handler(task, *args, **kwargs)
+        uow.settle_claim()
+        return result
+
+    return run
 
 
 class PoisonTask(Exception):
@@ -295,6 +321,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             ["task", "reason"])
         self.completed = self.metrics.counter(
             "plinth_task_completed", "Tasks whose handler returned", ["task"])
+        self.duplicates = self.metrics.counter(
+            "plinth_task_duplicates", "Deliveries of tasks done before: acknowledged, their "
+            "handler not run", ["task"])
         for state, text in (("ready", "waiting in the task queue"),
                             ("in_flight", "being handled by this instance"),
                             ("retrying", "waiting in the delay queues (retries, delayed tasks)"),
@@ -384,7 +413,13 @@ class TaskConsumer(SharedExtension, ProviderCollector):
     def _handle_result(self, message, entrypoint, task, worker_ctx, result, exc_info):
         self.in_flight -= 1
         if exc_info is None:
-            self.completed.labels(entrypoint.name).inc()
+            if result is DUPLICATE:
+                self.duplicates.labels(entrypoint.name).inc()
+                log.info("task %s %s was done before: acknowledged without running it",
+                         task["task_type"], task["task_id"])
+                result = None
+            else:
+                self.completed.labels(entrypoint.name).inc()
             self.queue_consumer.ack_message(message)
             return result, exc_info
         exc = exc_info[1]
