@@ -11,7 +11,9 @@ from shared import config as cfg
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import Conflict, Invalid
+from shared.retention import Retention, retention_every
 from shared.rpc import load, rpc, rpc_input
+from shared.tasks import task
 
 EXPORT_MAX_ENTRIES_KEY = "AUDIT_EXPORT_MAX_ENTRIES"
 EXPORT_DIR_KEY = "AUDIT_EXPORT_DIR"
@@ -23,6 +25,11 @@ class AuditService(kernel.ServiceBase):
     db = Database(Base.metadata)
     trail = TrailConsumer()
     config = Config()
+    retention = Retention()
+
+    @task("audit.retention.purge", every=retention_every())
+    def purge_retention(self, task):
+        self.retention.purge(self.db)
 
     def _connection(self, snapshot=False):
         session = self.db.session
