@@ -61,14 +61,16 @@ class UnitOfWork:
         self._emitted += 1
         return envelope
 
-    def dispatch(self, task_type, data=None, delay=None, eta=None):
+    def dispatch(self, task_type, data=None, delay=None, eta=None, key=None):
         """Queue the task ``task_type`` in the outbox; it is sent only if this unit commits.
 
-        ``delay`` (seconds) or ``eta`` (an aware datetime) holds it back until then. Raises
+        ``delay`` (seconds) or ``eta`` (an aware datetime) holds it back until then; an
+        idempotency ``key`` makes its id derived from the key, and a second dispatch with the
+        same key returns the first envelope while it is in the outbox. Raises
         ``shared.tasks.UnknownTask`` / ``InvalidTaskData`` with nothing written.
         """
         envelope = tasks.add(self.session, self.service, task_type, data, self.context_data,
-                             delay=delay, eta=eta)
+                             delay=delay, eta=eta, key=key)
         self._emitted += 1
         return envelope
 

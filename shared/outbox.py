@@ -33,7 +33,7 @@ from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
-__all__ = ["define_tables", "tables", "envelope", "add", "record_processed", "Relay",
+__all__ = ["define_tables", "tables", "envelope", "add", "find", "record_processed", "Relay",
            "RelayPolicy", "ENVELOPE_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,14 @@ def add(session, service, env):
         event_type=env.get("event_type") or env["task_type"], payload=env,
         created_at=utcnow(), attempts=0,
     ))
+
+
+def find(session, service, event_id):
+    """The envelope of the row ``event_id`` (an event or task id) in ``service``'s outbox, or
+    None."""
+    outbox, _ = _tables(service)
+    return session.execute(sa.select(outbox.c.payload)
+                           .where(outbox.c.event_id == event_id)).scalar()
 
 
 def record_processed(session, service, event_id):

@@ -98,8 +98,8 @@ from shared.task_queues import (
 )
 
 __all__ = ["task", "TaskEntrypoint", "TaskConsumer", "UnknownTask", "InvalidTaskData",
-           "add", "envelope", "check_name", "saga_step", "define_tables", "task_queue",
-           "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
+           "add", "envelope", "check_name", "saga_step", "task_id_for", "define_tables",
+           "task_queue", "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
            "CONFIG_PREFIX", "deduplicated", "DUPLICATE"]
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ NAME = re.compile(r"^([a-z][a-z0-9_]{0,39})\.([a-z][a-z0-9_]{0,39})\.([a-z][a-z0
 SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|hash)",
                          re.IGNORECASE)
 
+KEYED_TASKS = uuid.UUID("6f0c6a4e-3b1d-5c1e-9a57-0d2b8f1e7c42")  # namespace of keyed task ids
 _DECLARED = {}  # service name -> task names of the handlers this process imported
 _TABLES = {}
 
@@ -241,11 +242,17 @@ def _due(delay, eta, now):
     return None
 
 
-def envelope(service, name, data, context_data, due=None, actor=None):
+def task_id_for(service, name, key):
+    """The task id of ``service``'s dispatch of ``name`` under the idempotency ``key``: the
+    same three give the same id, so the kernel's dedupe on ``task_id`` holds across retries."""
+    return str(uuid.uuid5(KEYED_TASKS, f"{service}\n{name}\n{key}"))
+
+
+def envelope(service, name, data, context_data, due=None, actor=None, task_id=None):
     """The task as its handler sees it (``attempt`` is set on delivery)."""
     actor = actor or actor_from(context_data)
     return {
-        "task_id": str(uuid.uuid4()),
+        "task_id": task_id or str(uuid.uuid4()),
         "task_type": name,
         "source": service,
         "version": outbox.ENVELOPE_VERSION,
@@ -258,25 +265,37 @@ def envelope(service, name, data, context_data, due=None, actor=None):
     }
 
 
-def add(session, service, name, data=None, context_data=None, delay=None, eta=None):
+def add(session, service, name, data=None, context_data=None, delay=None, eta=None, key=None):
     """Validate the task and write it to ``service``'s outbox in ``session``'s transaction.
 
     ``UnitOfWork.dispatch`` is the usual way in. Raises ``UnknownTask`` / ``InvalidTaskData``
-    with nothing written.
+    with nothing written. With an idempotency ``key`` the task id is derived from it
+    (``task_id_for``) and a task of that id still in the outbox is not written again: the
+    envelope written the first time is returned.
     """
     check_name(service, name)
     data = _check_data(data)
     due = _due(delay, eta, outbox.utcnow())
-    env = envelope(service, name, data, context_data or {}, due)
+    task_id = None
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise InvalidTaskData("an idempotency key must be a non-empty string",
+                                  {"key": ["not a string"]})
+        task_id = task_id_for(service, name, key)
+        earlier = outbox.find(session, service, task_id)
+        if earlier is not None:
+            return earlier
+    env = envelope(service, name, data, context_data or {}, due, task_id=task_id)
     outbox.add(session, service, env)
     return env
 
 
 def saga_step(uow, name, payload, key):
-    """A task adapter for ``shared.sagas.Sagas(..., task_dispatcher=tasks.saga_step)``: the
-    step's task is dispatched in the unit of work that records the step done (so exactly
-    once); ``key`` (saga id and step) is already unique to that unit and is not sent."""
-    env = uow.dispatch(name, payload)
+    """How a saga's task step is dispatched (``shared.sagas.TaskAction``; the orchestrator's
+    default): in the step's unit of work, under the step's idempotency ``key``, so a step
+    retried after a crash dispatches the same task id again: not written twice while the
+    first is in the outbox, not acted on twice after (the kernel's dedupe)."""
+    env = uow.dispatch(name, payload, key=key)
     return {"task_id": env["task_id"], "task_type": name}
 
 

@@ -101,17 +101,33 @@ def test_a_handler_declaration_is_checked_at_import():
         TaskEntrypoint("audit.export.generate", every=0)
 
 
-def test_the_saga_adapter_dispatches_in_the_steps_unit_of_work():
+def test_the_saga_adapter_dispatches_in_the_steps_unit_of_work_under_its_key():
     sent = []
 
     class Unit:
-        def dispatch(self, name, data):
-            sent.append((name, data))
+        def dispatch(self, name, data, key=None):
+            sent.append((name, data, key))
             return {"task_id": "t-1"}
 
     assert tasks.saga_step(Unit(), "unitsvc.thing.do", {"a": 1}, "s1:step") == {
         "task_id": "t-1", "task_type": "unitsvc.thing.do"}
-    assert sent == [("unitsvc.thing.do", {"a": 1})]
+    assert sent == [("unitsvc.thing.do", {"a": 1}, "s1:step")]
+
+
+def test_a_keyed_dispatch_has_a_derived_id_and_is_written_once(probe_units):
+    unit, _, _ = probe_units
+    uow = unit()
+    first = uow.dispatch("probe.tally.count", {"subject": "k"}, key="order-7")
+    again = uow.dispatch("probe.tally.count", {"subject": "k"}, key="order-7")
+    plain = uow.dispatch("probe.tally.count", {"subject": "k"})
+    uow.commit()
+    assert first == again and plain["task_id"] != first["task_id"]
+    assert first["task_id"] == tasks.task_id_for("probe", "probe.tally.count", "order-7")
+    assert tasks.task_id_for("probe", "probe.tally.bump", "order-7") != first["task_id"]
+    for bad in ("", 7):
+        with pytest.raises(InvalidTaskData, match="idempotency key"):
+            uow.dispatch("probe.tally.count", {}, key=bad)
+    uow.close()
 
 
 # -- the kernel's dedupe on task_id (UnitOfWork.claim_task, tasks.deduplicated) -------------
@@ -123,6 +139,9 @@ def probe_units(tmp_path):
 
     from shared.db import UnitOfWork, make_engine
     from tests.support.probe.models import Base, Tally
+    from tests.support.probe.tasks_service import TaskProbe
+
+    assert TaskProbe.name == "probe"  # imported, it declares the probe's tasks for dispatch
 
     engine = make_engine(f"sqlite:///{tmp_path}/probe.db", "probe")
     Base.metadata.create_all(engine)
