@@ -106,7 +106,8 @@ class AuditService(kernel.ServiceBase):
     def start_export(self, filters=None, **fields):
         """Ask for an export of the matching entries: a pending export whose task writes it."""
         schema = schemas.FiltersSchema()
-        stored = schema.dump(load(schema, rpc_input(filters, fields)))
+        given = schema.dump(load(schema, rpc_input(filters, fields)))
+        stored = {name: value for name, value in given.items() if value is not None}
         export = exports.create(self._connection(), stored, self.context.actor,
                                 self.context.request_id)
         self.db.dispatch(exports.GENERATE_TASK, {"export_id": export["id"]})
