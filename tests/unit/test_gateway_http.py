@@ -3,6 +3,7 @@ ids, headers, CORS, rate limits and docs. The services are stood in for by ``Ser
 (their answers are set per test); everything in front of the RPC is the real gateway."""
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -701,20 +702,33 @@ def test_an_export_is_asked_for_with_the_query_filters_and_answers_202_with_loca
     assert_problem(client.post(f"{API}/audit/exports", headers=bearer(reader), json={}), 403)
 
 
-def test_a_download_streams_every_page_with_its_length_declared(gateway, keys):
-    client, services = gateway
+@pytest.fixture
+def logged_gateway(keys, caplog):
+    """A gateway whose access log is on: it sees every response on its way out."""
+    caplog.set_level(logging.INFO, "gateway.access")
+    app, services = build(keys, ACCESS_LOG=True)
+    yield app.test_client(), services
+    close_app(app)
+
+
+def test_a_download_streams_every_page_with_its_length_declared(logged_gateway, keys, caplog):
+    client, services = logged_gateway
     _, token = token_for(keys, services, "audit:read")
     text = "".join(json.dumps({"seq": n}) + "\n" for n in range(50))
     services.answer("audit.read_export", _pages(text, 97))
-    response = client.get(f"{API}/audit/exports/{EXPORT_ID}/download", headers=bearer(token))
+    response = client.get(f"{API}/audit/exports/{EXPORT_ID}/download", headers=bearer(token),
+                          buffered=False)
     assert response.status_code == 200 and response.mimetype == "application/x-ndjson"
-    assert response.is_streamed
+    # nothing on the way out (access log, headers) read ahead: one page fetched so far
+    assert len([c for c in services.calls if c.method == "read_export"]) == 1
     assert response.headers["Content-Length"] == str(len(text))
     assert response.headers["X-Item-Count"] == "50"
     assert response.get_data(as_text=True) == text
     offsets = [c.kwargs.get("offset", 0) for c in services.calls
                if c.method == "read_export"]
     assert offsets == list(range(0, len(text), 97))
+    logged = [r for r in caplog.records if r.name == "gateway.access"]
+    assert logged[-1].bytes == len(text)
 
 
 def test_a_download_before_the_export_is_done_is_a_problem_not_a_stream(gateway, keys):
