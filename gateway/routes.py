@@ -33,6 +33,9 @@ Route files (``config/routes.d/<service>.yaml``)::
           invoice_id: path.invoice_id
           user_id: caller.id
         wrap: invoice                   # answer {"invoice": result} instead of result
+        stream: text/csv                # or: the target answers pages {data, next_offset,
+                                        # bytes}, called again with offset=next_offset; the
+                                        # body is streamed as this type (no response schema)
         errors: {unauthorized: 403}     # a typed error's kind -> another HTTP status
 
 Every route names its ``permission``: there is no default, so a route that forgets it is
@@ -386,7 +389,7 @@ def schema_from_spec(spec, name, where="routes"):
 
 _ROUTE_KEYS = {"method", "path", "target", "permission", "scope", "rate_limit", "timeout",
                "status", "summary", "path_params", "query", "body", "response", "args", "wrap",
-               "errors", "name", "tag"}
+               "errors", "name", "tag", "stream"}
 
 
 def _camel(text):
@@ -439,6 +442,7 @@ def route_from_spec(spec, service, where):
         body=schema_from_spec(spec.get("body"), f"{prefix}Body", where),
         response=schema_from_spec(spec.get("response"), f"{prefix}Response", where),
         args=spec.get("args"), wrap=spec.get("wrap"), error_status=dict(errors),
+        stream=str(spec["stream"]) if spec.get("stream") else None,
         summary=str(spec.get("summary", "")), tag=str(spec.get("tag") or service), name=name,
     )
     return route.check()
