@@ -79,3 +79,20 @@ def test_a_pending_export_cannot_be_read_yet(audit, rpc):
         assert refused.value.details == {"status": "running"}
     finally:
         engine.dispose()
+
+
+def test_an_export_that_cannot_be_written_is_retried_then_failed(start_service, rpc, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the export directory should be")
+    start_service(AuditService, AUDIT_EXPORT_DIR=str(blocked), TASK_RETRY_DELAY=0.1)
+    asked = rpc.call("audit", "start_export", kwargs={"to_seq": 1})
+
+    def failed():
+        status = rpc.call("audit", "get_export", kwargs={"export_id": asked["id"]})
+        return status if status["status"] == "failed" else None
+
+    status = wait_for(failed, timeout=30, interval=0.1, what="the export to fail")
+    assert status["attempts"] == 3 and status["error"].startswith("FileExistsError")
+    with pytest.raises(Conflict) as refused:
+        rpc.call("audit", "read_export", kwargs={"export_id": asked["id"]})
+    assert refused.value.details == {"status": "failed"}
