@@ -5,9 +5,12 @@ against the chain, while the gateway's and audit's memory stay flat (peak RSS me
 
 import hashlib
 import json
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime
+
+import pytest
 
 from audit import chain, entries
 from shared.db import make_engine
@@ -20,6 +23,13 @@ PAD = "x" * 900  # ~1.2 KB a line: a gateway or audit holding the export whole w
 MAX_GROWTH_KB = 60 * 1024
 
 platform = platform_fixture(name="export", workers=2, threads=4)
+
+
+@pytest.fixture
+def exports_removed(platform):
+    """The run's directory is kept for its logs; the export files (~140 MB) are not."""
+    yield
+    shutil.rmtree(platform.run_dir / "var" / "audit-exports", ignore_errors=True)
 
 
 def _load_trail(db_uri, action, count):
@@ -88,7 +98,8 @@ def _download(platform, token, location, check_line):
     return count, size, digest.hexdigest(), headers
 
 
-def test_an_export_of_100000_entries_downloads_whole_verified_and_in_flat_memory(platform):
+def test_an_export_of_100000_entries_downloads_whole_verified_and_in_flat_memory(
+        platform, exports_removed):
     token = platform.admin_token()
     action = f"bulk{uuid.uuid4().hex[:6]}.loaded"
     _load_trail(platform.db_uri, action, 20)  # warm up: the same paths, small
