@@ -109,6 +109,24 @@ class UnitOfWork:
         self._claim_state = "pending"
         return True
 
+    def release_claim(self):
+        """The handler of the claimed task failed: roll back what it left and remove the
+        mark if it committed it already, so that the task's retry runs."""
+        if self._kernel_claim is None:
+            return
+        committed = self._claim_state == "committed"
+        self.rollback()
+        task_id, self._kernel_claim, self._claim_state = self._kernel_claim, None, None
+        if not committed:
+            return
+        try:
+            outbox.forget_processed(self.session, self.service, task_id)
+            self.session.commit()
+        except Exception as exc:  # noqa: BLE001 - the handler's own error is the one raised
+            log.error("could not unmark task %s after its handler failed (%s): its retry "
+                      "will be skipped", task_id, type(exc).__name__)
+            self.rollback()
+
     def settle_claim(self):
         """The handler of the claimed task returned: commit what it left in this unit (at
         least the dedupe mark); claim again first if a rollback of the handler lost it."""
@@ -229,7 +247,7 @@ class Database(DependencyProvider):
         # a task handler runs behind its kernel claim, in the unit of work of the service's
         # first database (shared.tasks.deduplicated); the instance attribute shadows the method
         if isinstance(worker_ctx.entrypoint, tasks.TaskEntrypoint) \
-                and self.hub.databases[0] is self:
+                and worker_ctx.entrypoint.dedupe and self.hub.databases[0] is self:
             service, name = worker_ctx.service, worker_ctx.entrypoint.method_name
             setattr(service, name, tasks.deduplicated(getattr(service, self.attr_name),
                                                       getattr(service, name)))

@@ -124,6 +124,11 @@ def record_processed(session, service, event_id):
     session.execute(processed.insert().values(event_id=event_id, processed_at=utcnow()))
 
 
+def forget_processed(session, service, event_id):
+    _, processed = _tables(service)
+    session.execute(processed.delete().where(processed.c.event_id == event_id))
+
+
 def headers_for(env):
     """nameko context headers, so a consumer's worker carries the event's request and actor."""
     headers = {f"nameko.{REQUEST_ID_KEY}": env.get("request_id")}

@@ -23,9 +23,12 @@ service's ``processed_events`` inside the handler's own unit of work (the servic
 ``Database``), so the mark commits with the handler's effects or rolls back with them. A
 redelivery of a task already done is acknowledged without running the handler (counted in
 ``plinth_task_duplicates_total``). When the handler returns, what it left uncommitted in its
-unit of work is committed with the mark; when it raises, all of it is rolled back. Handlers
-that still call ``self.db.claim(task)`` get True. A service without a ``Database`` is not
-deduplicated.
+unit of work is committed with the mark; when it raises, what it left is rolled back and the
+mark removed even if the handler committed it already (a failed attempt is not done, so its
+retry runs). Handlers that still call ``self.db.claim(task)`` get True. A handler that
+commits more than once is marked done by its first commit: if a crash past that commit must
+lead to a second run, it declares ``dedupe=False`` and keeps its own mark (audit's export
+keeps the export's status). A service without a ``Database`` is not deduplicated.
 
 Dispatch refuses, before writing anything, with ``UnknownTask`` a malformed name, a name of
 the dispatching service that no handler declares, or another service's task not listed in
@@ -145,7 +148,11 @@ def deduplicated(uow, handler):
     def run(task, *args, **kwargs):
         if not uow.claim_task(task):
             return DUPLICATE
-        result = handler(task, *args, **kwargs)
+        try:
+            result = handler(task, *args, **kwargs)
+        except BaseException:
+            uow.release_claim()  # a failed attempt is not done, whatever it committed
+            raise
         uow.settle_claim()
         return result
 
@@ -592,13 +599,14 @@ def _context_of(message):
 
 
 class TaskEntrypoint(Entrypoint):
-    """``@task("<service>.<entity>.<request>", max_attempts=None, every=None)``: the handler
-    of one task of this service (see the module docstring). ``every``: seconds between two
-    runs of a periodic task across all the service's instances."""
+    """``@task("<service>.<entity>.<request>", max_attempts=None, every=None, dedupe=True)``:
+    the handler of one task of this service (see the module docstring). ``every``: seconds
+    between two runs of a periodic task across all the service's instances. ``dedupe=False``:
+    no kernel claim; the handler keeps its own mark (see the module docstring)."""
 
     consumer = TaskConsumer()
 
-    def __init__(self, name, max_attempts=None, every=None, **kwargs):
+    def __init__(self, name, max_attempts=None, every=None, dedupe=True, **kwargs):
         if not isinstance(name, str) or not NAME.match(name):
             raise ValueError(f"{name!r} is not a task name (<service>.<entity>.<request>)")
         if every is not None and not (isinstance(every, int | float) and every > 0):
@@ -606,6 +614,7 @@ class TaskEntrypoint(Entrypoint):
         self.name = name
         self.max_attempts = max_attempts
         self.every = every
+        self.dedupe = dedupe
         # declared when the handler's code is imported, so that any process holding it (a
         # script, a test) may dispatch the task, not only a running container
         _DECLARED.setdefault(name.split(".", 1)[0], set()).add(name)

@@ -227,3 +227,33 @@ def test_an_explicit_claim_by_the_handler_is_idempotent_and_a_rollback_does_not_
     assert tasks.deduplicated(uow, handler)(_task()) is tasks.DUPLICATE
     uow.close()
     assert not unit().claim(_task())
+
+
+def test_a_handler_that_commits_then_fails_is_not_marked_done_so_its_retry_runs(probe_units):
+    unit, tally, count = probe_units
+    attempts = []
+
+    def handler(task):
+        attempts.append(1)
+        count(uow, "partial")
+        uow.commit()  # progress committed (and with it the kernel's mark)...
+        if len(attempts) == 1:
+            raise RuntimeError("...then the attempt fails")
+
+    uow = unit()
+    with pytest.raises(RuntimeError):
+        tasks.deduplicated(uow, handler)(_task())
+    uow.discard()
+    probe = unit()
+    assert probe.claim(_task())  # the mark went with the failure
+    probe.discard()
+    uow = unit()
+    assert tasks.deduplicated(uow, handler)(_task()) is None  # the retry runs
+    uow.close()
+    assert len(attempts) == 2 and tally("partial") == 2
+    assert not unit().claim(_task())
+
+
+def test_a_handler_may_keep_its_own_mark_instead_of_the_kernels():
+    assert TaskEntrypoint("unitsvc.thing.do").dedupe is True
+    assert TaskEntrypoint("unitsvc.thing.do", dedupe=False).dedupe is False
