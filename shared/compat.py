@@ -8,8 +8,9 @@ attribute) when it is not: the process refuses to start instead of misbehaving l
 The patches: nameko's RPC reply path (``RpcConsumer.handle_result`` and ``Responder``:
 ``KeptConnectionRpcConsumer``, the consumer of ``shared.rpc.Rpc``), py-amqp's
 ``transport._quick_recv`` (``read_ahead``), the private parts of a standalone
-``ClusterRpcProxy`` (``set_call_options``, used by benchmarks) and gunicorn's ``Server``
-header and error pages (``set_server_name``, ``replace_error_writer``).
+``ClusterRpcProxy`` (``set_call_options``, used by benchmarks), gunicorn's ``Server``
+header and error pages (``set_server_name``, ``replace_error_writer``) and the export queue
+of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``).
 """
 
 import inspect
@@ -36,7 +37,7 @@ from shared.replies import ReplySender
 
 __all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path",
            "KeptConnectionRpcConsumer", "read_ahead", "set_call_options", "set_server_name",
-           "replace_error_writer"]
+           "replace_error_writer", "counting_span_processor"]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +237,32 @@ def replace_error_writer(write_error):
     require("gunicorn", util, "write_error", ["sock", "status_int", "reason", "mesg"])
     require("gunicorn", util, "write_nonblock")
     util.write_error = write_error
+
+
+# -- opentelemetry-sdk: counting the spans a full export queue drops --------------------------
+
+def counting_span_processor(exporter, on_drop):
+    """A ``BatchSpanProcessor`` for ``exporter`` that calls ``on_drop(1, "queue_full")`` for
+    each span it drops because its bounded queue is full (the SDK only logs those). It reads
+    the processor's private queue and its bound."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    require("opentelemetry-sdk", BatchSpanProcessor, "on_end", ["self", "span"])
+
+    class CountingBatchSpanProcessor(BatchSpanProcessor):
+        def on_end(self, span):
+            if span.context.trace_flags.sampled:
+                batch = self._batch_processor
+                if len(batch._queue) >= batch._max_queue_size:
+                    on_drop(1, "queue_full")
+            super().on_end(span)
+
+    processor = CountingBatchSpanProcessor(exporter)
+    try:
+        inner = require("opentelemetry-sdk", processor, "_batch_processor")
+        require("opentelemetry-sdk", inner, "_queue")
+        require("opentelemetry-sdk", inner, "_max_queue_size")
+    except IncompatibleLibrary:
+        processor.shutdown()
+        raise
+    return processor
