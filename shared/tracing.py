@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -230,9 +230,10 @@ def trace_id_of(carrier):
     """The trace id (32 hex digits) of the ``traceparent`` in ``carrier``, else None."""
     value = carrier.get(TRACEPARENT) if carrier else None
     match = _TRACEPARENT.match(value) if isinstance(value, str) else None
-    if match is None or match.group(1) == "0" * 32:
+    if match is None or match.group(1) == "ff" or not int(match.group(2), 16) \
+            or not int(match.group(3), 16):
         return None
-    return match.group(1)
+    return match.group(2)
 
 
 def current_ids():
@@ -277,8 +278,8 @@ def start(name, kind=SpanKind.INTERNAL, parent=None, attributes=None, links=None
     tracer = _state.tracer
     if tracer is None:
         return None
-    if isinstance(parent, dict):
-        parent = extract(parent)
+    if isinstance(parent, dict) and not isinstance(parent, otel_context.Context):
+        parent = extract(parent)  # a carrier (a Context is a dict too)
     new = tracer.start_span(name, context=parent, kind=kind, attributes=attributes,
                             links=links, record_exception=False,
                             set_status_on_exception=False)
