@@ -9,7 +9,8 @@ entries), and stamps the gateway's own log lines. One JSON line per request goes
 Each request is one server span (shared.tracing), named by its route template
 (``GET /api/v1/users/{user_id}``): a valid incoming ``traceparent`` (and its ``tracestate``)
 is continued, a missing or malformed one starts a new trace. Every response names the span
-in a ``traceresponse`` header (W3C Trace Context Level 2) when tracing is on.
+in a ``traceresponse`` header (W3C Trace Context Level 2) when tracing is on. Health probes
+and metric scrapes are not traced.
 """
 
 import logging
@@ -25,6 +26,8 @@ __all__ = ["REQUEST_ID_HEADER", "TRACERESPONSE_HEADER", "begin", "finish", "regi
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TRACERESPONSE_HEADER = "traceresponse"
+# probes and scrapes: a trace every few seconds of each, telling nothing about requests
+UNTRACED = ("/health", "/metrics")
 access_log = logging.getLogger("gateway.access")
 
 
@@ -36,7 +39,7 @@ def begin():
         else context.new_request_id()
     context.request_id_var.set(state.request_id)
     context.actor_var.set(None)
-    if tracing.enabled():
+    if tracing.enabled() and not request.path.startswith(UNTRACED):
         # named by its route once known (finish); the method alone until then
         state.span = tracing.start(request.method, tracing.SpanKind.SERVER,
                                    parent=tracing.extract(request.headers))

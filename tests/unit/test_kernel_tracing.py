@@ -296,3 +296,27 @@ def test_without_tracing_the_gateway_sends_no_trace_headers(gateway):
     response = sign_up(client, traceparent=PARENT)
     assert response.status_code == 201
     assert "traceresponse" not in response.headers and "traceparent" not in calls[0]
+
+
+# -- database statements ------------------------------------------------------------------------
+def test_statements_of_the_installed_sqlalchemy_get_spans_inside_the_workers_span(spans):
+    import sqlalchemy as sa
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(tracer_provider=tracing._state.provider, skip_dep_check=True)
+    try:
+        engine = sa.create_engine("sqlite://")
+        with tracing.span("identity.get_user", SpanKind.SERVER):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT :secret"), {"secret": "hunter2"}).all()
+        with engine.connect() as conn:  # outside any worker: not sampled
+            conn.execute(sa.text("SELECT 2")).all()
+    finally:
+        instrumentor.uninstrument()
+    connect, statement, worker = spans.get_finished_spans()  # none of the unsampled SELECT 2
+    assert (connect.name, statement.name, worker.name) == ("connect", "SELECT",
+                                                           "identity.get_user")
+    for span in (connect, statement):
+        assert span.kind is SpanKind.CLIENT and span.parent.span_id == worker.context.span_id
+    assert "hunter2" not in repr(dict(statement.attributes))  # the text, never the values
