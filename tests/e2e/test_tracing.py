@@ -55,11 +55,13 @@ def _matches(span, key, value):
 
 
 def complete(receiver, trace_id):
-    """The trace once the audit consumer's span is in (the last hop of a sign-up)."""
+    """The trace of a sign-up once its last hops (the consumers' spans, and the gateway's
+    span, ended after the response) are in."""
     def ready(_spans):
         spans = receiver.trace(trace_id)
-        return spans if any(s.service == "audit" and s.kind == "consumer" for s in spans) \
-            and any(s.service == "authz" and s.kind == "consumer" for s in spans) else None
+        kinds = {(s.service, s.kind) for s in spans}
+        return spans if {("audit", "consumer"), ("authz", "consumer"),
+                         ("gateway", "server")} <= kinds else None
 
     return receiver.wait_for(ready, what=f"the spans of trace {trace_id}")
 
@@ -149,6 +151,39 @@ def test_a_sampled_off_caller_is_answered_and_nothing_of_its_trace_is_exported(
     complete(receiver, later)
     time.sleep(0.5)
     assert receiver.trace(trace_id) == []
+
+
+def test_a_provisioning_sagas_steps_are_in_the_trace_of_the_request_starting_it(
+        platform, receiver):
+    admin = bearer(platform.admin_token())
+    role = f"trace-{uuid.uuid4().hex[:8]}"
+    created = platform.http.post(platform.url(f"{API}/roles"), headers=admin, timeout=10,
+                                 json={"name": role, "permissions": ["reports:read"]})
+    assert created.status_code == 201, created.text
+    response = platform.http.post(platform.url(f"{API}/admin/users"), headers=admin,
+                                  timeout=30, json={
+                                      "email": f"trace-{uuid.uuid4().hex[:10]}@example.test",
+                                      "password": "violet-Lantern-42-orbit", "roles": [role]})
+    assert response.status_code == 201, response.text
+    trace_id, _ = trace_of(response)
+
+    def steps(_spans):
+        spans = receiver.trace(trace_id)
+        names = {s.name for s in spans}
+        kinds = {(s.service, s.kind) for s in spans}
+        return spans if {"saga provision_user create_user", "saga provision_user assign_roles",
+                         "authz.assign_role"} <= names and {
+            ("authz", "server"), ("gateway", "server")} <= kinds else None
+
+    spans = receiver.wait_for(steps, what="the saga's steps in the request's trace")
+    started = one(spans, service="identity", kind="server", name="identity.provision_user")
+    create = one(spans, name="saga provision_user create_user")
+    assign = one(spans, name="saga provision_user assign_roles")
+    assert create.parent_span_id == started.span_id == assign.parent_span_id
+    call = one(spans, service="identity", kind="client", name="authz.assign_role")
+    assert call.parent_span_id == assign.span_id
+    served = one(spans, service="authz", kind="server", name="authz.assign_role")
+    assert served.parent_span_id == call.span_id
 
 
 def _metric(text, name):
