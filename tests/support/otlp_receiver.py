@@ -10,6 +10,8 @@ opentelemetry-proto and keeps the spans as plain ``Span`` records::
         spans = receiver.wait_for(lambda spans: [s for s in spans if s.trace_id == tid])
 
 ``stop()`` closes the port, so exporters pointed at it fail (a receiver that is down).
+``python -m tests.support.otlp_receiver PORT`` runs one as a process (benchmarks), counting
+spans only; ``GET /count`` answers how many it took.
 """
 
 import gzip
@@ -78,9 +80,19 @@ def decode(body):
     return spans
 
 
+def _count(body):
+    """Only how many spans a request holds (a benchmark's receiver: cheap, keeps nothing)."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    return [None] * sum(len(scope.spans) for resource in request.resource_spans
+                        for scope in resource.scope_spans)
+
+
 class OtlpReceiver:
-    def __init__(self, host="127.0.0.1", port=0):
+    def __init__(self, host="127.0.0.1", port=0, keep=True):
         receiver = self
+        self.keep = keep
+        self.count = 0
         self.spans = []
         self.requests = 0
         self._lock = threading.Lock()
@@ -94,7 +106,7 @@ class OtlpReceiver:
                     self.send_error(404)
                     return
                 try:
-                    spans = decode(body)
+                    spans = decode(body) if receiver.keep else _count(body)
                 except Exception:  # noqa: BLE001 - a bad request is the sender's error: 400
                     self.send_error(400, "not an ExportTraceServiceRequest")
                     return
@@ -105,6 +117,13 @@ class OtlpReceiver:
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def do_GET(self):
+                body = str(receiver.count).encode()
+                self.send_response(200 if self.path == "/count" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
@@ -117,7 +136,9 @@ class OtlpReceiver:
 
     def _add(self, spans):
         with self._lock:
-            self.spans.extend(spans)
+            if self.keep:
+                self.spans.extend(spans)
+            self.count += len(spans)
             self.requests += 1
 
     def start(self):
@@ -153,3 +174,9 @@ class OtlpReceiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
             time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    import sys
+
+    OtlpReceiver(port=int(sys.argv[1]), keep=False).server.serve_forever()
