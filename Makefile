@@ -13,7 +13,7 @@ SERVICES ?= $(sort $(patsubst %/migrations/env.py,%,$(wildcard */migrations/env.
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security \
-        lint format migrate shell bench admin service clean
+        lint format migrate shell tasks bench admin service clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ migrate: $(STAMP)  ## apply every service's migrations (SERVICES="identity ..." 
 shell: $(STAMP)  ## nameko shell for one service: make shell SVC=identity
 	@test -n "$(SVC)" || { echo "usage: make shell SVC=identity"; exit 2; }
 	$(BIN)/nameko shell --config config/$(SVC).yaml
+
+tasks: $(STAMP)  ## dead letters of one service: make tasks SVC=audit ARGS="dead list|show ID|replay ID|drop ID"
+	@test -n "$(SVC)" || { echo 'usage: make tasks SVC=audit ARGS="dead list"'; exit 2; }
+	$(BIN)/python -m shared.tasks_cli --config config/$(SVC).yaml $(or $(ARGS),dead list)
 
 bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md (the gateway's needs wrk)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \

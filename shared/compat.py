@@ -9,13 +9,15 @@ The patches: nameko's RPC reply path (``RpcConsumer.handle_result`` and ``Respon
 ``KeptConnectionRpcConsumer``, the consumer of ``shared.rpc.Rpc``), py-amqp's
 ``transport._quick_recv`` (``read_ahead``), the private parts of a standalone
 ``ClusterRpcProxy`` (``set_call_options``, used by benchmarks), gunicorn's ``Server``
-header and error pages (``set_server_name``, ``replace_error_writer``) and the export queue
-of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``).
+header and error pages (``set_server_name``, ``replace_error_writer``), nameko's
+``QueueConsumer.get_consumers`` (``RawQueueConsumer``, the consumer of ``shared.tasks``) and
+the export queue of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``).
 """
 
 import inspect
 import logging
 import sys
+from functools import partial
 from importlib import metadata
 
 import kombu.serialization
@@ -31,11 +33,13 @@ from nameko.constants import (
     SERIALIZER_CONFIG_KEY,
 )
 from nameko.exceptions import UnserializableValueError, serialize
+from nameko.messaging import QueueConsumer
 from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 
 from shared.replies import ReplySender
 
-__all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path",
+__all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path", "RawQueueConsumer",
+           "check_nameko_queue_consumer",
            "KeptConnectionRpcConsumer", "read_ahead", "set_call_options", "set_server_name",
            "replace_error_writer", "counting_span_processor"]
 
@@ -237,6 +241,38 @@ def replace_error_writer(write_error):
     require("gunicorn", util, "write_error", ["sock", "status_int", "reason", "mesg"])
     require("gunicorn", util, "write_nonblock")
     util.write_error = write_error
+
+
+# -- nameko: a queue consumer that hands messages over undecoded ------------------------------
+
+def check_nameko_queue_consumer():
+    """``RawQueueConsumer`` replaces ``QueueConsumer.get_consumers`` and fills its
+    ``_consumers`` from its ``_providers`` as nameko 2.14 does."""
+    require("nameko", QueueConsumer, "get_consumers", ["self", "consumer_cls", "channel"])
+    require("nameko", QueueConsumer, "handle_message", ["self", "provider", "body", "message"])
+    require("nameko", QueueConsumer, "prefetch_count")
+    consumer = QueueConsumer()
+    for attribute in ("_consumers", "_providers"):
+        require("nameko", consumer, attribute)
+
+
+class RawQueueConsumer(QueueConsumer):
+    """nameko's queue consumer, handing messages over undecoded (``body`` is None): a body
+    that does not decode (a poison task) must be dead-lettered by its consumer, not raise in
+    kombu's loop and come back forever."""
+
+    def setup(self):
+        check_nameko_queue_consumer()
+        super().setup()
+
+    def get_consumers(self, consumer_cls, channel):
+        for provider in self._providers:
+            handle = partial(self.handle_message, provider, None)
+            consumer = consumer_cls(queues=[provider.queue], on_message=handle,
+                                    on_decode_error=lambda message, _exc, h=handle: h(message))
+            consumer.qos(prefetch_count=self.prefetch_count)
+            self._consumers[provider] = consumer
+        return self._consumers.values()
 
 
 # -- opentelemetry-sdk: counting the spans a full export queue drops --------------------------

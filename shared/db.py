@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import config as cfg
-from shared import migrations, outbox, tracing
+from shared import migrations, outbox, tasks, tracing
 from shared.engine import is_sqlite, make_engine
 from shared.hub import Hub
 from shared.metrics import MetricsRegistry
@@ -65,13 +65,25 @@ class UnitOfWork:
         current = tracing.inject({}) if tracing.enabled() else {}
         return current or tracing.carrier_of(self.context_data)
 
+    def dispatch(self, task_type, data=None, delay=None, eta=None):
+        """Queue the task ``task_type`` in the outbox; it is sent only if this unit commits.
+
+        ``delay`` (seconds) or ``eta`` (an aware datetime) holds it back until then. Raises
+        ``shared.tasks.UnknownTask`` / ``InvalidTaskData`` with nothing written.
+        """
+        envelope = tasks.add(self.session, self.service, task_type, data, self.context_data,
+                             delay=delay, eta=eta, trace_context=self.trace_context())
+        self._emitted += 1
+        return envelope
+
     def claim(self, event):
-        """Record that ``event`` (an envelope or an event id) is being handled.
+        """Record that ``event`` (an event or task envelope, or its id) is being handled.
 
         Returns False, with the session rolled back, when it was handled before: the caller
         must skip it. Call it first in a handler, before any other change.
         """
-        event_id = event.get("event_id") if isinstance(event, dict) else event
+        event_id = (event.get("event_id") or event.get("task_id")) if isinstance(event, dict) \
+            else event
         if not event_id:
             return True
         try:
@@ -207,7 +219,9 @@ NAMING_CONVENTION = {
 
 
 def service_metadata(service):
-    """The MetaData of a service's models: its schema, naming convention and outbox tables."""
+    """The MetaData of a service's models: its schema, naming convention, outbox tables and
+    periodic tasks' schedule."""
     metadata = sa.MetaData(schema=service, naming_convention=NAMING_CONVENTION)
     outbox.define_tables(metadata)
+    tasks.define_tables(metadata)
     return metadata

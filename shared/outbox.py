@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from nameko.standalone.events import get_event_exchange
 
-from shared import tracing
+from shared import task_queues, tracing
 from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
@@ -99,11 +99,12 @@ def envelope(service, event_type, subject, data, context_data, actor=None):
 
 
 def add(session, service, env, trace_context=None):
-    """Queue ``env`` in ``service``'s outbox; ``trace_context`` (``traceparent`` and
-    ``tracestate``) is the writer's, sent on with the event."""
+    """Write ``env`` (an event, or a task of shared.tasks) to ``service``'s outbox;
+    ``trace_context`` (``traceparent`` and ``tracestate``) is the writer's, sent on with it."""
     outbox, _ = _tables(service)
     session.execute(outbox.insert().values(
-        event_id=env["event_id"], event_type=env["event_type"], payload=env,
+        event_id=env.get("event_id") or env["task_id"],
+        event_type=env.get("event_type") or env["task_type"], payload=env,
         created_at=utcnow(), attempts=0, trace_context=trace_context or None,
     ))
 
@@ -230,21 +231,24 @@ class Relay:
             raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
                           f"({self.policy.max_event_bytes})")
         stored = row.trace_context if isinstance(row.trace_context, dict) else {}
+        message_id = row.payload.get("event_id") or row.payload.get("task_id")
         # a span of the publish, in the trace of the unit of work that wrote the row; the
         # consumers' spans are its children (without tracing here, the row's context goes on)
         with tracing.span(f"{row.event_type} publish", tracing.SpanKind.PRODUCER,
                           parent=tracing.carrier_of(stored), attributes={
                               "messaging.system": "rabbitmq",
                               "messaging.operation.type": "publish",
-                              "messaging.destination.name": self.exchange.name,
-                              "messaging.message.id": str(row.payload.get("event_id")),
+                              "messaging.message.id": str(message_id),
                               "plinth.event_type": row.event_type}) as publish:
             sent = tracing.inject({}) if publish is not None else stored
-            routed = self.publisher.publish(
-                body, exchange=self.exchange, routing_key=row.event_type,
-                content_type="application/json", content_encoding="utf-8",
-                headers=headers_for(row.payload, sent), declare=[self.exchange],
-                message_id=row.payload.get("event_id"))
+            headers = headers_for(row.payload, sent)
+            if "task_id" in row.payload:  # a task goes to its service's task queue
+                routed = task_queues.publish(self.publisher, row.payload, body, headers)
+            else:
+                routed = self.publisher.publish(
+                    body, exchange=self.exchange, routing_key=row.event_type,
+                    content_type="application/json", content_encoding="utf-8",
+                    headers=headers, declare=[self.exchange], message_id=message_id)
             if publish is not None and not routed:
                 publish.set_attribute("error.type", "Unroutable")
             return routed

@@ -203,7 +203,7 @@ class Redelivery(SharedExtension):
         must then leave the original to be redelivered.
         """
         failures = attempts_of(message) + 1
-        headers = self._headers(message, queue, exc, failures)
+        headers = self.failure_headers(message, queue, exc, failures)
         if is_client_error(exc):
             return self._twice(self.dead_letter, message, headers, failures, "client_error")
         if failures >= backoff.max_attempts:
@@ -255,7 +255,8 @@ class Redelivery(SharedExtension):
             raise RuntimeError(f"the broker could not route the message to {where}")
 
     @staticmethod
-    def _headers(message, queue, exc, failures):
+    def failure_headers(message, queue, exc, failures):
+        """The headers of ``message`` with its ``failures``-th failure, ``exc``, recorded."""
         error_type, error = describe(exc)
         info = message.delivery_info or {}
         headers = dict(message.headers or {})

@@ -2,10 +2,10 @@
 
 ``Tracing`` (a provider every ``ServiceBase`` has) sets tracing up when the container does
 (``shared.tracing.setup``), starts each worker's span as a child of the ``traceparent`` in
-its nameko context data (an RPC call's or an event's AMQP headers; a timer has none, so it
-starts a trace of its own), makes it current for the worker's greenthread, and puts the
-span's own context back into the context data, so the calls and events the worker makes
-continue its trace. The service's HTTP endpoints (health, metrics) are not traced.
+its nameko context data (the AMQP headers of an RPC call, an event or a task; a timer has
+none, so it starts a trace of its own), makes it current for the worker's greenthread, and
+puts the span's own context back into the context data, so the calls, events and tasks the
+worker sends continue its trace. The service's HTTP endpoints (health, metrics) are not traced.
 """
 
 from nameko.events import EventHandler
@@ -16,6 +16,7 @@ from nameko.timer import Timer
 
 from shared import tracing
 from shared.metrics import MetricsRegistry
+from shared.tasks import TaskEntrypoint
 from shared.tracing import SpanKind
 
 __all__ = ["Tracing", "describe"]
@@ -28,6 +29,10 @@ def describe(service, entrypoint):
     if isinstance(entrypoint, Rpc):
         return f"{service}.{method}", SpanKind.SERVER, {
             "rpc.system": "nameko", "rpc.service": service, "rpc.method": method}
+    if isinstance(entrypoint, TaskEntrypoint):
+        return f"{entrypoint.name} process", SpanKind.CONSUMER, {
+            "messaging.system": "rabbitmq", "messaging.operation.type": "process",
+            "plinth.task_type": entrypoint.name, "plinth.handler": f"{service}.{method}"}
     if isinstance(entrypoint, EventHandler):
         event_type = entrypoint.event_type
         return f"{event_type} process", SpanKind.CONSUMER, {

@@ -49,7 +49,7 @@ def platform(generated, tmp_path_factory):
     copy, _ = generated
     consul = ConsulAgent(tmp_path_factory.mktemp("consul"))
     consul.start()
-    sources = f"identity,auth,authz,{NAME}"
+    sources = f"identity,auth,authz,audit,{NAME}"
     platform = Platform(name="make-service", env={"CONSUL_HTTP_ADDR": consul.address,
                                                   "CONSUL_CHECK_INTERVAL": "1s"},
                         service_env={"audit": {"AUDIT_SOURCES": sources}},

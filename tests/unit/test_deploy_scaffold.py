@@ -80,7 +80,7 @@ def test_generation_writes_a_whole_service_on_a_free_port(tree):
                      "tests/integration/test_billing_service.py", "billing/README.md"):
         assert expected in paths and (tree / expected).exists()
     assert "127.0.0.1:8105" in (tree / "config/billing.yaml").read_text()
-    assert "identity,auth,authz,billing" in (tree / "config/audit.yaml").read_text()
+    assert "identity,auth,authz,audit,billing" in (tree / "config/audit.yaml").read_text()
     assert "\n  billing:\n" in (tree / "docker-compose.yml").read_text()
     assert "BILLING_APP_PASSWORD=change-me" in (tree / ".env.example").read_text()
     assert "class BillingService(kernel.ServiceBase)" in (tree / "billing/service.py").read_text()

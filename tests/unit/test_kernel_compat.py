@@ -140,3 +140,13 @@ def test_the_error_writer_guard_fires_when_gunicorn_changed_its_signature(monkey
     monkeypatch.setattr(util, "write_error", lambda sock, status, reason: None)
     with pytest.raises(IncompatibleLibrary, match="write_error takes"):
         compat.replace_error_writer(lambda sock, status_int, reason, mesg: None)
+
+
+def test_the_task_queue_consumer_guard_passes_on_this_nameko_and_fires_when_it_changed(
+        monkeypatch):
+    from nameko.messaging import QueueConsumer
+
+    compat.check_nameko_queue_consumer()
+    monkeypatch.setattr(QueueConsumer, "get_consumers", lambda self, consumer_cls: [])
+    with pytest.raises(IncompatibleLibrary, match="get_consumers"):
+        compat.check_nameko_queue_consumer()

@@ -1,15 +1,15 @@
 """outbox rows keep the trace context of the unit of work that wrote them
 
-Revision ID: 3a5ab9c3f675
-Revises: 9c2e7a41b5d3
+Revision ID: probe0004
+Revises: probe0003
 Create Date: 2026-12-04 15:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-SCHEMA = "auth"
-revision = "3a5ab9c3f675"
-down_revision = "9c2e7a41b5d3"
+SCHEMA = "probe"
+revision = "probe0004"
+down_revision = "probe0003"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """outbox rows keep the trace context of the unit of work that wrote them
 
 Revision ID: 190b1f711967
-Revises: 5a9c3e7f1d20
+Revises: b4cf2a5f9bb6
 Create Date: 2026-12-04 15:00:00
 """
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 
 SCHEMA = "identity"
 revision = "190b1f711967"
-down_revision = "5a9c3e7f1d20"
+down_revision = "b4cf2a5f9bb6"
 branch_labels = None
 depends_on = None
 

@@ -1,15 +1,15 @@
 """outbox rows keep the trace context of the unit of work that wrote them
 
-Revision ID: probe0003
-Revises: probe0002
+Revision ID: 3a5ab9c3f675
+Revises: 2559e9757826
 Create Date: 2026-12-04 15:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-SCHEMA = "probe"
-revision = "probe0003"
-down_revision = "probe0002"
+SCHEMA = "auth"
+revision = "3a5ab9c3f675"
+down_revision = "2559e9757826"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """outbox rows keep the trace context of the unit of work that wrote them
 
 Revision ID: ca5eec41e25a
-Revises: 3f86912cafc5
+Revises: dd03471de0a1
 Create Date: 2026-12-04 15:00:00
 """
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 
 SCHEMA = "authz"
 revision = "ca5eec41e25a"
-down_revision = "3f86912cafc5"
+down_revision = "dd03471de0a1"
 branch_labels = None
 depends_on = None
 
