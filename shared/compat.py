@@ -11,7 +11,8 @@ The patches: nameko's RPC reply path (``RpcConsumer.handle_result`` and ``Respon
 ``ClusterRpcProxy`` (``set_call_options``, used by benchmarks), gunicorn's ``Server``
 header and error pages (``set_server_name``, ``replace_error_writer``), nameko's
 ``QueueConsumer.get_consumers`` (``RawQueueConsumer``, the consumer of ``shared.tasks``) and
-the export queue of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``).
+the export queue of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``)
+and its reading of the sampler variables (``sampler_from_environment``).
 """
 
 import inspect
@@ -41,7 +42,7 @@ from shared.replies import ReplySender
 __all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path", "RawQueueConsumer",
            "check_nameko_queue_consumer",
            "KeptConnectionRpcConsumer", "read_ahead", "set_call_options", "set_server_name",
-           "replace_error_writer", "counting_span_processor"]
+           "replace_error_writer", "counting_span_processor", "sampler_from_environment"]
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,14 @@ class RawQueueConsumer(QueueConsumer):
 
 
 # -- opentelemetry-sdk: counting the spans a full export queue drops --------------------------
+
+def sampler_from_environment():
+    """The sampler ``OTEL_TRACES_SAMPLER`` / ``_ARG`` name, as the SDK reads them for a
+    ``TracerProvider`` given none (shared.tracing wraps it, so it must read them itself)."""
+    from opentelemetry.sdk.trace import sampling
+
+    return require("opentelemetry-sdk", sampling, "_get_from_env_or_default", [])()
+
 
 def counting_span_processor(exporter, on_drop):
     """A ``BatchSpanProcessor`` for ``exporter`` that calls ``on_drop(1, "queue_full")`` for

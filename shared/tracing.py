@@ -96,14 +96,13 @@ def _make_provider(service, environ):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
     from shared import compat
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME", "").strip() \
         else {SERVICE_NAME: service}
     provider = TracerProvider(resource=Resource.create(attributes),
-                              sampler=EntrypointsOnly(_get_from_env_or_default()))
+                              sampler=EntrypointsOnly(compat.sampler_from_environment()))
     processor = compat.counting_span_processor(_CountingExporter(OTLPSpanExporter()),
                                                _count_drop)
     provider.add_span_processor(processor)

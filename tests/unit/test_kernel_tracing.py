@@ -320,3 +320,11 @@ def test_statements_of_the_installed_sqlalchemy_get_spans_inside_the_workers_spa
     for span in (connect, statement):
         assert span.kind is SpanKind.CLIENT and span.parent.span_id == worker.context.span_id
     assert "hunter2" not in repr(dict(statement.attributes))  # the text, never the values
+
+
+def test_the_sampler_is_read_from_otel_traces_sampler(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert "0.25" in compat.sampler_from_environment().get_description()
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    assert compat.sampler_from_environment().get_description().startswith("ParentBased")
