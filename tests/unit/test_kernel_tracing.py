@@ -328,3 +328,28 @@ def test_the_sampler_is_read_from_otel_traces_sampler(monkeypatch):
     assert "0.25" in compat.sampler_from_environment().get_description()
     monkeypatch.delenv("OTEL_TRACES_SAMPLER")
     assert compat.sampler_from_environment().get_description().startswith("ParentBased")
+
+
+def test_each_kind_of_entrypoint_gets_its_span_kind_and_http_endpoints_none():
+    from nameko.timer import Timer
+    from nameko.web.handlers import HttpRequestHandler
+
+    from shared.events import EventHandler
+    from shared.rpc import Rpc
+    from shared.tasks import TaskEntrypoint
+    from shared.worker_tracing import describe
+
+    def bound(entrypoint, name):
+        entrypoint.method_name = name
+        return entrypoint
+
+    rpc = describe("identity", bound(Rpc(), "get_user"))
+    event = describe("authz", bound(EventHandler("identity", "user.created"), "on_created"))
+    timer = describe("auth", bound(Timer(interval=60), "maintain"))
+    task = describe("probe", bound(TaskEntrypoint("probe.tally.count"), "count"))
+    assert rpc[:2] == ("identity.get_user", SpanKind.SERVER)
+    assert event[:2] == ("user.created process", SpanKind.CONSUMER)
+    assert event[2]["plinth.handler"] == "authz.on_created"
+    assert timer[:2] == ("timer auth.maintain", SpanKind.INTERNAL)
+    assert task[:2] == ("probe.tally.count process", SpanKind.CONSUMER)
+    assert describe("identity", bound(HttpRequestHandler("GET", "/health"), "h")) is None
