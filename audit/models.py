@@ -56,3 +56,31 @@ class ChainHead(Base):
     seq: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     hash: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     updated_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class Export(Base):
+    """An export asked for: its filters, the last entry it may hold, and how far it got.
+
+    The task ``audit.export.generate`` writes the file; this row is its state."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    filters = mapped_column(sa.JSON, nullable=False)
+    # the chain head when it was asked for: retries write the same entries
+    upto_seq: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    actor_type: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    count: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    bytes: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    started_at = mapped_column(UTCDateTime, nullable=True)
+    finished_at = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (sa.Index("ix_exports_created_at", "created_at"),)

@@ -4,17 +4,20 @@ from pathlib import Path
 
 from nameko.dependency_providers import Config
 
-from audit import entries, schemas
+from audit import entries, exports, schemas
 from audit.consumer import TrailConsumer
 from audit.models import Base
 from shared import config as cfg
 from shared import service as kernel  # not imported by name: nameko would take it for a service
 from shared.db import Database
 from shared.errors import Conflict, Invalid
+from shared.redelivery import describe, is_client_error
 from shared.rpc import load, rpc, rpc_input
+from shared.tasks import task
 
 EXPORT_MAX_ENTRIES_KEY = "AUDIT_EXPORT_MAX_ENTRIES"
 EXPORT_DIR_KEY = "AUDIT_EXPORT_DIR"
+EXPORT_ATTEMPTS = 3
 
 
 class AuditService(kernel.ServiceBase):
@@ -94,3 +97,51 @@ class AuditService(kernel.ServiceBase):
                 count, size = count + 1, size + len(line)
         partial.replace(path)
         return {"path": str(path), "count": count, "bytes": size, "sha256": digest.hexdigest()}
+
+    # -- exports as a task (SPEC §8): asked for here, written by generate_export --
+    def _export_dir(self):
+        return Path(cfg.setting(self.config, EXPORT_DIR_KEY) or cfg.var_dir() / "audit-exports")
+
+    @rpc
+    def start_export(self, filters=None, **fields):
+        """Ask for an export of the matching entries: a pending export whose task writes it."""
+        schema = schemas.FiltersSchema()
+        given = schema.dump(load(schema, rpc_input(filters, fields)))
+        stored = {name: value for name, value in given.items() if value is not None}
+        export = exports.create(self._connection(), stored, self.context.actor,
+                                self.context.request_id)
+        self.db.dispatch(exports.GENERATE_TASK, {"export_id": export["id"]})
+        self.db.commit()
+        return export
+
+    @rpc
+    def get_export(self, export_id):
+        return exports.get(self._connection(), export_id)
+
+    @rpc
+    def read_export(self, export_id, offset=0, limit=exports.PAGE_BYTES):
+        """A page of a done export's NDJSON (whole lines) and the offset of the next."""
+        return exports.read_page(self._connection(), self._export_dir(), export_id, offset,
+                                 limit)
+
+    @task(exports.GENERATE_TASK, max_attempts=EXPORT_ATTEMPTS)
+    def generate_export(self, task):
+        # the export's own status is the dedupe mark: a redelivery after it is done is a no-op,
+        # one after a crash mid-write writes the (pinned, so identical) file again
+        export_id = task["data"].get("export_id")
+        row = exports.start(self._connection(), export_id, task["task_id"])
+        self.db.commit()
+        if row is None:
+            return None
+        try:
+            written = exports.write(self._connection(), row, self._export_dir())
+            exports.finish(self._connection(), export_id, written)
+            self.db.commit()
+        except Exception as exc:  # recorded on the export, then raised: the task is retried
+            self.db.rollback()
+            final = is_client_error(exc) or task["attempt"] >= EXPORT_ATTEMPTS
+            error_type, error = describe(exc)
+            exports.failed(self._connection(), export_id, f"{error_type}: {error}", final)
+            self.db.commit()
+            raise
+        return written

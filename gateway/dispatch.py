@@ -6,13 +6,15 @@ The same generic steps serve every entry, core or feature service, in this order
 2. the route's permission from the authorisation cache: 403;
 3. path parameters, query and JSON body through the route's schemas: 400 / 415;
 4. one RPC to the route's target with the route's timeout, the request id and the actor;
-5. the result through the response schema, with the route's success status.
+5. the result through the response schema, with the route's success status; or, for a
+   ``stream`` route, the first page's data and then each next page's, fetched while the
+   body is sent (never the whole body in memory).
 """
 
 import json
 import logging
 
-from flask import current_app, request
+from flask import current_app, request, stream_with_context
 from marshmallow import ValidationError, fields
 
 from gateway import request_state
@@ -179,6 +181,38 @@ def _render(route, result, response_schema):
     return response
 
 
+def _streamed(route, state, kwargs, first, context):
+    """A response sending ``first``'s data, then each next page's as it is fetched. The
+    length is declared, so a stream cut short by a failing page is seen as such."""
+
+    def pages():
+        page = first
+        while True:
+            if page.get("data"):
+                yield page["data"].encode("utf-8")
+            offset = page.get("next_offset")
+            if offset is None:
+                return
+            try:
+                page = state.rpc.call(route.service, route.rpc_method,
+                                      {**kwargs, "offset": offset}, timeout=route.timeout,
+                                      context=context)
+            except Exception as exc:  # logged, then raised: the server cuts the connection
+                log.error("stream of %s stopped at byte %s (%s)", request.path, offset,
+                          type(exc).__name__)
+                raise
+
+    response = current_app.response_class(stream_with_context(pages()), status=route.status,
+                                          mimetype=route.stream)
+    if isinstance(first.get("bytes"), int):
+        response.headers["Content-Length"] = str(first["bytes"])
+    if first.get("sha256"):
+        response.headers["X-Content-SHA256"] = first["sha256"]
+    if isinstance(first.get("count"), int):
+        response.headers["X-Item-Count"] = str(first["count"])
+    return response
+
+
 def make_view(route, state):
     """The Flask view of ``route``; ``state`` is the app's Gateway (pool, cache, ...)."""
 
@@ -207,13 +241,15 @@ def make_view(route, state):
             "body": _load(schemas["body"], _json_body(), "body") if route.body is not None
             else {},
         }
+        kwargs, context = call_kwargs(route, inputs, principal), rpc_context()
         try:
-            result = state.rpc.call(route.service, route.rpc_method,
-                                    call_kwargs(route, inputs, principal),
-                                    timeout=route.timeout, context=rpc_context())
+            result = state.rpc.call(route.service, route.rpc_method, kwargs,
+                                    timeout=route.timeout, context=context)
         except PlinthError:
             this.target_error = True  # the route's ``errors`` remap applies to these only
             raise
+        if route.stream:
+            return _streamed(route, state, kwargs, result, context)
         return _render(route, result, schemas["response"])
 
     view.__name__ = view.__qualname__ = route.endpoint

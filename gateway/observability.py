@@ -76,7 +76,9 @@ def finish(response):
             "user_id": principal.user_id if principal else None,
             "remote_addr": request.remote_addr,
             "user_agent": request.user_agent.string[:200] or None,
-            "bytes": response.calculate_content_length(),
+            # a streamed body is measured by its header: measuring it would read it whole
+            "bytes": response.content_length if response.is_streamed
+            else response.calculate_content_length(),
             "pid": os.getpid(),
         })
     return response

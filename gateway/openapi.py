@@ -74,7 +74,10 @@ def _operation(route):
             "content": {"application/json": {"schema": route.body}},
         }
     success = {"description": "Success"}
-    if route.status != 204:
+    if route.stream:
+        success["description"] = "Success: the body is streamed, its length declared"
+        success["content"] = {route.stream: {"schema": {"type": "string"}}}
+    elif route.status != 204:
         body_schema = route.response if route.response is not None else {}
         success["content"] = {"application/json": {"schema": body_schema}}
     operation["responses"][str(route.status)] = success

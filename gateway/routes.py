@@ -33,6 +33,9 @@ Route files (``config/routes.d/<service>.yaml``)::
           invoice_id: path.invoice_id
           user_id: caller.id
         wrap: invoice                   # answer {"invoice": result} instead of result
+        stream: text/csv                # or: the target answers pages {data, next_offset,
+                                        # bytes}, called again with offset=next_offset; the
+                                        # body is streamed as this type (no response schema)
         errors: {unauthorized: 403}     # a typed error's kind -> another HTTP status
 
 Every route names its ``permission``: there is no default, so a route that forgets it is
@@ -77,6 +80,7 @@ SOURCES = ("path", "query", "body")
 CALLER_SOURCES = ("caller.id", "caller.session", "client", "request_id")
 _PATH = re.compile(r"^/[A-Za-z0-9_\-./{}]*$")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MEDIA_TYPE = re.compile(r"^[a-z]+/[a-z0-9.+\-]+$")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -103,6 +107,9 @@ class Route:
     # through ``accepted_response``
     accepted: str | None = None
     accepted_response: type[Schema] | None = None
+    # the target answers in pages ({data, next_offset, bytes, sha256?}, called again with
+    # ``offset=next_offset`` until it is None): the body is streamed as this media type
+    stream: str | None = None
     error_status: dict = field(default_factory=dict)
     summary: str = ""
     tag: str = ""
@@ -160,6 +167,9 @@ class Route:
             raise ConfigError(f"{where}: timeout must be between 0 and 300 seconds")
         if not 200 <= self.status < 300:
             raise ConfigError(f"{where}: status must be a 2xx")
+        if self.stream is not None and (not _MEDIA_TYPE.match(self.stream) or self.response):
+            raise ConfigError(f"{where}: stream is a media type (type/subtype), and a streamed "
+                              "route has no response schema")
         declared = set(self.path_params().fields) if self.path_params else set()
         if self.path_params and declared != set(self.path_names):
             raise ConfigError(f"{where}: path_params must declare exactly "
@@ -291,6 +301,17 @@ CORE_ROUTES = [
     _r("GET", "/audit/events/{entry_id}", "audit.get", permission="audit:read",
        rate_limit="read", path_params=s.AuditEntryPath, response=s.AuditEntrySchema,
        tag="audit", name="audit_event", summary="Read one audit entry"),
+    _r("POST", "/audit/exports", "audit.start_export", permission="audit:read", status=202,
+       body=s.AuditExportRequest, response=s.AuditExportSchema, args={"filters": "body"},
+       location=API + "/audit/exports/{id}", tag="audit", name="audit_export_start",
+       summary="Export the entries matching the filters (a task: 202, follow Location)"),
+    _r("GET", "/audit/exports/{export_id}", "audit.get_export", permission="audit:read",
+       rate_limit="read", path_params=s.AuditExportPath, response=s.AuditExportSchema,
+       tag="audit", name="audit_export", summary="An export's status and counts"),
+    _r("GET", "/audit/exports/{export_id}/download", "audit.read_export",
+       permission="audit:read", rate_limit="read", path_params=s.AuditExportPath,
+       stream="application/x-ndjson", tag="audit", name="audit_export_download",
+       summary="A done export's entries, oldest first, as NDJSON (streamed; 409 before)"),
     _r("GET", "/audit/verify", "audit.verify", permission="audit:read", query=s.VerifyQuery,
        response=s.VerifyReportSchema, tag="audit", name="audit_verify",
        summary="Check the audit chain's integrity"),
@@ -368,7 +389,7 @@ def schema_from_spec(spec, name, where="routes"):
 
 _ROUTE_KEYS = {"method", "path", "target", "permission", "scope", "rate_limit", "timeout",
                "status", "summary", "path_params", "query", "body", "response", "args", "wrap",
-               "errors", "name", "tag"}
+               "errors", "name", "tag", "stream"}
 
 
 def _camel(text):
@@ -421,6 +442,7 @@ def route_from_spec(spec, service, where):
         body=schema_from_spec(spec.get("body"), f"{prefix}Body", where),
         response=schema_from_spec(spec.get("response"), f"{prefix}Response", where),
         args=spec.get("args"), wrap=spec.get("wrap"), error_status=dict(errors),
+        stream=str(spec["stream"]) if spec.get("stream") else None,
         summary=str(spec.get("summary", "")), tag=str(spec.get("tag") or service), name=name,
     )
     return route.check()

@@ -305,7 +305,7 @@ class CheckResultSchema(Schema):
 
 
 # -- audit ------------------------------------------------------------------------------------
-class AuditQuery(Schema):
+class AuditFilters(Schema):
     actor = _text(128, 1, metadata={"description": "actor id"})
     actor_type = fields.String(validate=validate.OneOf(ACTOR_TYPES))
     action = _text(128, 1, metadata={"description": "user.created, or a prefix: user.*"})
@@ -318,6 +318,9 @@ class AuditQuery(Schema):
     outcome = fields.String(validate=validate.OneOf(AUDIT_OUTCOMES))
     since = Timestamp()
     until = Timestamp()
+
+
+class AuditQuery(AuditFilters):
     limit = _limit()
     cursor = _text(100, 1, metadata={"description": "next_cursor of the previous page"})
 
@@ -368,3 +371,33 @@ class VerifyReportSchema(Schema):
     from_seq = fields.Integer(allow_none=True)
     to_seq = fields.Integer(allow_none=True)
     head = fields.Raw(allow_none=True)
+
+
+class AuditExportRequest(AuditFilters):
+    """The filters of the audit query (no page size or cursor: an export holds them all)."""
+
+    from_seq = fields.Integer(validate=validate.Range(min=1, max=2**62))
+    to_seq = fields.Integer(validate=validate.Range(min=1, max=2**62))
+
+
+class AuditExportPath(Schema):
+    export_id = Uuid(required=True)
+
+
+class AuditExportSchema(Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "pending, running, done or failed"})
+    filters = fields.Dict(metadata={"description": "the filters it was asked with"})
+    upto_seq = fields.Integer(metadata={
+        "description": "the last entry it may hold: the chain head when it was asked for"})
+    requested_by = fields.String(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    count = fields.Integer(allow_none=True, metadata={"description": "entries written"})
+    bytes = fields.Integer(allow_none=True, metadata={"description": "size of the NDJSON"})
+    sha256 = fields.String(allow_none=True, metadata={"description": "of the NDJSON"})
+    error = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)

@@ -11,5 +11,6 @@ __all__ = ["KNOWN_TASKS"]
 
 KNOWN_TASKS = {
     # task name: what the owning service does with it (its ``data``)
-    "audit.export.generate": "write the audit entries matching the filters to an NDJSON file",
+    "audit.export.generate": "write the export audit.start_export recorded ({export_id}) to "
+                             "its NDJSON file",
 }

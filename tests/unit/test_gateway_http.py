@@ -3,6 +3,7 @@ ids, headers, CORS, rate limits and docs. The services are stood in for by ``Ser
 (their answers are set per test); everything in front of the RPC is the real gateway."""
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -663,3 +664,92 @@ def test_a_raw_problem_page_is_a_whole_problem_json_response_with_the_headers():
     assert problem["type"] == "urn:plinth:problem:headers_too_large"
     assert problem["request_id"] == headers["X-Request-ID"]
     assert problem["detail"] == "Error parsing headers: 'X-Big'"
+
+
+# -- audit exports: a task, then a streamed download -------------------------------------------
+EXPORT_ID = "0190c0de-0000-7000-8000-0000000000e1"
+
+
+def _pages(text, size):
+    """read_export's answers over ``text``, ``size`` characters a page."""
+
+    def read_export(export_id, offset=0):
+        end = min(offset + size, len(text))
+        return {"id": export_id, "offset": offset, "data": text[offset:end],
+                "next_offset": end if end < len(text) else None, "bytes": len(text),
+                "count": text.count("\n"), "sha256": "ab" * 32}
+
+    return read_export
+
+
+def test_an_export_is_asked_for_with_the_query_filters_and_answers_202_with_location(gateway,
+                                                                                    keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "audit:read")
+    services.answer("audit.start_export", lambda filters: {
+        "id": EXPORT_ID, "status": "pending", "filters": filters, "upto_seq": 9})
+    response = client.post(f"{API}/audit/exports", headers=bearer(token),
+                           json={"action": "user.*", "since": "2026-01-01T00:00:00Z"})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.headers["Location"] == f"{API}/audit/exports/{EXPORT_ID}"
+    assert response.get_json()["status"] == "pending"
+    assert services.last("audit.start_export").kwargs == {
+        "filters": {"action": "user.*", "since": "2026-01-01T00:00:00Z"}}
+    body = assert_problem(client.post(f"{API}/audit/exports", headers=bearer(token),
+                                      json={"limit": 5, "outcome": "maybe"}), 400)
+    assert set(body["errors"]) == {"limit", "outcome"}
+    _, reader = token_for(keys, services)
+    assert_problem(client.post(f"{API}/audit/exports", headers=bearer(reader), json={}), 403)
+
+
+@pytest.fixture
+def logged_gateway(keys, caplog):
+    """A gateway whose access log is on: it sees every response on its way out."""
+    caplog.set_level(logging.INFO, "gateway.access")
+    app, services = build(keys, ACCESS_LOG=True)
+    yield app.test_client(), services
+    close_app(app)
+
+
+def test_a_download_streams_every_page_with_its_length_declared(logged_gateway, keys, caplog):
+    client, services = logged_gateway
+    _, token = token_for(keys, services, "audit:read")
+    text = "".join(json.dumps({"seq": n}) + "\n" for n in range(50))
+    services.answer("audit.read_export", _pages(text, 97))
+    response = client.get(f"{API}/audit/exports/{EXPORT_ID}/download", headers=bearer(token),
+                          buffered=False)
+    assert response.status_code == 200 and response.mimetype == "application/x-ndjson"
+    # nothing on the way out (access log, headers) read ahead: one page fetched so far
+    assert len([c for c in services.calls if c.method == "read_export"]) == 1
+    assert response.headers["Content-Length"] == str(len(text))
+    assert response.headers["X-Item-Count"] == "50"
+    assert response.get_data(as_text=True) == text
+    offsets = [c.kwargs.get("offset", 0) for c in services.calls
+               if c.method == "read_export"]
+    assert offsets == list(range(0, len(text), 97))
+    logged = [r for r in caplog.records if r.name == "gateway.access"]
+    assert logged[-1].bytes == len(text)
+
+
+def test_a_download_before_the_export_is_done_is_a_problem_not_a_stream(gateway, keys):
+    client, services = gateway
+    _, token = token_for(keys, services, "audit:read")
+
+    def not_done(export_id, offset=0):
+        raise Conflict(f"export {export_id} is running, not done", {"status": "running"})
+
+    services.answer("audit.read_export", not_done)
+    assert_problem(client.get(f"{API}/audit/exports/{EXPORT_ID}/download",
+                              headers=bearer(token)), 409, "conflict")
+    assert_problem(client.get(f"{API}/audit/exports/not-an-id/download",
+                              headers=bearer(token)), 400)
+
+
+def test_the_export_routes_are_in_the_openapi_document(gateway):
+    client, _ = gateway
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "202" in paths[f"{API}/audit/exports"]["post"]["responses"]
+    assert "get" in paths[f"{API}/audit/exports/{{export_id}}"]
+    download = paths[f"{API}/audit/exports/{{export_id}}/download"]["get"]["responses"]
+    assert "application/x-ndjson" in download["200"]["content"]
+    assert "409" in download

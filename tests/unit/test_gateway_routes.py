@@ -180,3 +180,23 @@ def test_the_repository_config_file_loads():
     assert loaded.get_as("RPC_POOL_SIZE", int) == 4
     assert loaded.get_as("MAX_CONTENT_LENGTH", int) == 65536
     assert loaded.get_list("JWT_ALGORITHMS") == ["RS256", "ES256", "EdDSA"]
+
+
+def test_a_route_file_may_stream_its_answer_but_then_has_no_response_schema(tmp_path):
+
+    path = tmp_path / "reports.yaml"
+    path.write_text("service: reports\nroutes:\n"
+                    "  - {method: GET, path: '/api/v1/reports/{id}/csv', target: read_csv,\n"
+                    "     permission: reports:read, stream: text/csv}\n")
+    (route,) = routes_from_file(path)
+    assert route.stream == "text/csv"
+    path.write_text("service: reports\nroutes:\n"
+                    "  - {method: GET, path: '/api/v1/reports/{id}/csv', target: read_csv,\n"
+                    "     permission: reports:read, stream: text/csv, response: {a: string}}\n")
+    with pytest.raises(ConfigError, match="stream"):
+        routes_from_file(path)
+    path.write_text("service: reports\nroutes:\n"
+                    "  - {method: GET, path: '/api/v1/reports/{id}/csv', target: read_csv,\n"
+                    "     permission: reports:read, stream: 'not a type'}\n")
+    with pytest.raises(ConfigError, match="stream"):
+        routes_from_file(path)

@@ -1,7 +1,7 @@
 """outbox rows keep the trace context of their writer; entries keep their trace id
 
 Revision ID: 161e4927af22
-Revises: 92c4d0fe2a10
+Revises: 5b8e21d7c3f9
 Create Date: 2026-12-04 15:00:00
 """
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 
 SCHEMA = "audit"
 revision = "161e4927af22"
-down_revision = "92c4d0fe2a10"
+down_revision = "5b8e21d7c3f9"
 branch_labels = None
 depends_on = None
 
