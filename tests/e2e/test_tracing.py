@@ -54,14 +54,22 @@ def _matches(span, key, value):
     return getattr(span, key) == value
 
 
+def whole(spans):
+    """Every parent named in ``spans`` is among them (the gateway's may have a caller's)."""
+    ids = {s.span_id for s in spans}
+    return all(s.parent_span_id in ids for s in spans if s.parent_span_id is not None
+               and not (s.service == "gateway" and s.kind == "server"))
+
+
 def complete(receiver, trace_id):
-    """The trace of a sign-up once its last hops (the consumers' spans, and the gateway's
-    span, ended after the response) are in."""
+    """The trace of a sign-up once whole: its last hops are in (the consumers' spans, the
+    gateway's, ended after the response) and so is every span one of them names as its
+    parent (each process exports on its own schedule)."""
     def ready(_spans):
         spans = receiver.trace(trace_id)
         kinds = {(s.service, s.kind) for s in spans}
-        return spans if {("audit", "consumer"), ("authz", "consumer"),
-                         ("gateway", "server")} <= kinds else None
+        return spans if whole(spans) and {("audit", "consumer"), ("authz", "consumer"),
+                                          ("gateway", "server")} <= kinds else None
 
     return receiver.wait_for(ready, what=f"the spans of trace {trace_id}")
 
@@ -171,9 +179,10 @@ def test_a_provisioning_sagas_steps_are_in_the_trace_of_the_request_starting_it(
         spans = receiver.trace(trace_id)
         names = {s.name for s in spans}
         kinds = {(s.service, s.kind) for s in spans}
-        return spans if {"saga provision_user create_user", "saga provision_user assign_roles",
-                         "authz.assign_role"} <= names and {
-            ("authz", "server"), ("gateway", "server")} <= kinds else None
+        return spans if whole(spans) and {
+            "saga provision_user create_user", "saga provision_user assign_roles",
+            "authz.assign_role"} <= names and {("authz", "server"), ("gateway", "server")} \
+            <= kinds else None
 
     spans = receiver.wait_for(steps, what="the saga's steps in the request's trace")
     started = one(spans, service="identity", kind="server", name="identity.provision_user")
