@@ -64,7 +64,7 @@ from nameko.exceptions import registry as _nameko_remote_errors
 from nameko.extensions import Entrypoint, ProviderCollector, SharedExtension
 
 from shared import config as cfg
-from shared import outbox
+from shared import outbox, tracing
 from shared.compat import RawQueueConsumer
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.engine import make_engine
@@ -232,17 +232,19 @@ def envelope(service, name, data, context_data, due=None, actor=None):
     }
 
 
-def add(session, service, name, data=None, context_data=None, delay=None, eta=None):
+def add(session, service, name, data=None, context_data=None, delay=None, eta=None,
+        trace_context=None):
     """Validate the task and write it to ``service``'s outbox in ``session``'s transaction.
 
     ``UnitOfWork.dispatch`` is the usual way in. Raises ``UnknownTask`` / ``InvalidTaskData``
-    with nothing written.
+    with nothing written. ``trace_context``: the writer's (shared.tracing), so the task's
+    handler joins its trace.
     """
     check_name(service, name)
     data = _check_data(data)
     due = _due(delay, eta, outbox.utcnow())
     env = envelope(service, name, data, context_data or {}, due)
-    outbox.add(session, service, env)
+    outbox.add(session, service, env, trace_context)
     return env
 
 
@@ -533,7 +535,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
 
 def _context_of(message):
     headers = message.headers or {}
-    keys = (REQUEST_ID_KEY, ACTOR_ID_KEY, ACTOR_TYPE_KEY)
+    # the trace context too: the handler's span joins the trace of the code that sent the task
+    keys = (REQUEST_ID_KEY, ACTOR_ID_KEY, ACTOR_TYPE_KEY, tracing.TRACEPARENT,
+            tracing.TRACESTATE)
     return {key: headers[f"nameko.{key}"] for key in keys if f"nameko.{key}" in headers}
 
 
