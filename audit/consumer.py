@@ -25,7 +25,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from audit import entries
 from audit.redaction import Redactor
-from shared import compat
+from shared import compat, tracing
 from shared import config as cfg
 from shared.backoff import NO_JITTER, WIDE_JITTER, Backoff
 from shared.hub import Hub
@@ -224,6 +224,22 @@ class TrailConsumer(DependencyProvider):
         routing_key = message.delivery_info.get("routing_key") or ""
         exchange = message.delivery_info.get("exchange") or ""
         source = exchange[:-len(".events")] if exchange.endswith(".events") else exchange
+        if not tracing.enabled():
+            return self._take(message, routing_key, source)
+        # the event's consumer span, in the trace of the unit of work that wrote it
+        headers = message.headers or {}
+        parent = {key: headers.get(f"nameko.{key}")
+                  for key in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+        with tracing.span(f"{routing_key} process", tracing.SpanKind.CONSUMER,
+                          parent=tracing.carrier_of(parent), attributes={
+                              "messaging.system": "rabbitmq",
+                              "messaging.operation.type": "process",
+                              "messaging.destination.name": exchange,
+                              "plinth.event_type": routing_key,
+                              "plinth.handler": "audit.trail"}):
+            return self._take(message, routing_key, source)
+
+    def _take(self, message, routing_key, source):
         try:
             entry = entries.from_event(entries.decode(message.body), routing_key,
                                        source, message.headers, self.redactor,

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -20,7 +21,8 @@ from audit import chain
 from audit.models import HEAD_ID, ChainHead, Entry
 from audit.redaction import Redactor, clean_text
 from audit.schemas import OUTCOMES
-from shared.contracts import ACTOR_TYPES
+from shared import tracing
+from shared.contracts import ACTOR_TYPES, TRACE_ID_PATTERN
 from shared.errors import Invalid, NotFound
 from shared.ids import is_uuid, uuid7
 
@@ -38,6 +40,7 @@ FAILURE_WORDS = frozenset({"failed", "failure", "denied", "rejected", "refused",
                            "errored"})
 _default_redactor = Redactor()
 _UNDECODABLE = object()
+_TRACE_ID = re.compile(TRACE_ID_PATTERN)
 
 
 def utcnow():
@@ -111,6 +114,7 @@ def from_event(payload, routing_key, source, headers=None, redactor=None, body=b
             "action": action_hint, "actor_id": None, "actor_type": "system", "subject": None,
             "request_id": _text(headers.get("nameko.request_id"), 128),
             "outcome": "unknown", "data": {"_malformed": reason, "_bytes": len(body)},
+            "trace_id": _trace_id(headers),
         }
     action = _text(payload.get("event_type"), 128) or action_hint
     # the exchange it came through says who published it; the body's claim is a fallback
@@ -140,7 +144,13 @@ def from_event(payload, routing_key, source, headers=None, redactor=None, body=b
         "outcome": outcome if outcome in OUTCOMES else derive_outcome(action),
         "data": _bounded(payload.get("data"), redactor, max_data_bytes,
                          len(body) if body else None),
+        "trace_id": _trace_id(headers),
     }
+
+
+def _trace_id(headers):
+    """The trace id of the ``traceparent`` an event came with (None if absent or invalid)."""
+    return tracing.trace_id_of({tracing.TRACEPARENT: headers.get(f"nameko.{tracing.TRACEPARENT}")})
 
 
 def placeholder(entry, reason):
@@ -156,6 +166,8 @@ def placeholder(entry, reason):
         "action": _text(entry.get("action"), 128) or "unknown.event",
         "actor_id": None, "actor_type": "system", "subject": None, "request_id": None,
         "outcome": "unknown", "data": {"_unrecordable": _text(reason, 200)},
+        "trace_id": entry.get("trace_id") if _TRACE_ID.match(str(entry.get("trace_id")))
+        else None,
     }
 
 
@@ -185,6 +197,8 @@ def from_record(payload, context, redactor=None, max_data_bytes=MAX_DATA_BYTES, 
         "request_id": payload.get("request_id") or context.request_id,
         "outcome": payload.get("outcome") or derive_outcome(payload["action"]),
         "data": data,
+        "trace_id": tracing.current_ids()[0]
+        or tracing.trace_id_of(getattr(context, "data", None) or {}),
     }
 
 
@@ -250,9 +264,13 @@ def _chained(entries, known, seq, prev_hash, recorded_at):
                                     "recorded_at": recorded_at})
         encoded = chain.canonical(content)
         entry_hash = chain.link(encoded, prev_hash)
+        # the trace id is correlation, not content: kept beside the chain, not hashed
+        trace_id = entry.get("trace_id")
         fragments.append(encoded[:-1] + b',"hash":"' + entry_hash.encode() +
-                         b'","prev_hash":"' + prev_hash.encode() + b'"}')
-        rows.append({**content, "prev_hash": prev_hash, "hash": entry_hash})
+                         b'","prev_hash":"' + prev_hash.encode() + b'","trace_id":' +
+                         json.dumps(trace_id).encode() + b'}')
+        rows.append({**content, "prev_hash": prev_hash, "hash": entry_hash,
+                     "trace_id": trace_id})
         prev_hash = entry_hash
     return rows, fragments
 
@@ -301,6 +319,7 @@ def to_dict(row):
         "actor": {"id": row["actor_id"], "type": row["actor_type"]},
         "subject": row["subject"],
         "request_id": row["request_id"],
+        "trace_id": row["trace_id"],
         "outcome": row["outcome"],
         "data": row["data"],
         "prev_hash": row["prev_hash"],
@@ -357,6 +376,8 @@ def _filtered(query, filters):
         query = query.where(c.source == source)
     if filters.get("request_id"):
         query = query.where(c.request_id == filters["request_id"])
+    if filters.get("trace_id"):
+        query = query.where(c.trace_id == filters["trace_id"])
     if filters.get("outcome"):
         query = query.where(c.outcome == filters["outcome"])
     if filters.get("since"):

@@ -28,6 +28,8 @@ class Entry(Base):
     actor_type: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     subject: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
     request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    # the trace the event belongs to (32 hex digits): correlation, outside the hash chain
+    trace_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
     outcome: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     # json, not jsonb: the text is kept as written, so numbers read back exactly as hashed
     data = mapped_column(sa.JSON, nullable=False)
@@ -40,6 +42,7 @@ class Entry(Base):
         sa.Index("ix_entries_subject_seq", "subject", "seq"),
         sa.Index("ix_entries_source_seq", "source", "seq"),
         sa.Index("ix_entries_request_id", "request_id"),
+        sa.Index("ix_entries_trace_id", "trace_id"),
         sa.Index("ix_entries_occurred_at", "occurred_at"),
     )
 

@@ -2,7 +2,7 @@ from datetime import UTC
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from shared.contracts import ACTOR_TYPES, AUDIT_OUTCOMES
+from shared.contracts import ACTOR_TYPES, AUDIT_OUTCOMES, TRACE_ID_PATTERN
 from shared.schemas import Schema
 
 OUTCOMES = AUDIT_OUTCOMES
@@ -16,6 +16,7 @@ SOURCE = validate.Regexp(r"^[a-z][a-z0-9_-]{0,63}$",
                          error="must be a service name: lower case letters, digits, - and _")
 REQUEST_ID = validate.Regexp(r"^[A-Za-z0-9._:\-]{1,128}$",
                              error="must be 1-128 letters, digits or . _ : -")
+TRACE_ID = validate.Regexp(TRACE_ID_PATTERN, error="must be 32 lower-case hex digits")
 EVENT_ID = validate.Regexp(r"^[A-Za-z0-9._:\-]{1,64}$",
                            error="must be 1-64 letters, digits or . _ : -")
 EXPORT_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
@@ -60,6 +61,7 @@ class FiltersSchema(Schema):
     source = fields.String(validate=SOURCE)
     service = fields.String(validate=SOURCE)  # the same filter as source, by another name
     request_id = fields.String(validate=REQUEST_ID)
+    trace_id = fields.String(validate=TRACE_ID)
     outcome = fields.String(validate=validate.OneOf(OUTCOMES))
     since = _when()
     until = _when()

@@ -138,6 +138,15 @@ def on_starting(server):
     PROMETHEUS_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def post_fork(server, worker):
+    """Tracing (its export queue and thread) is made in each worker, never in the arbiter:
+    neither survives a fork. The app (built next, in the worker) finds it set up."""
+    from gateway import metrics
+    from shared import tracing
+
+    tracing.setup("gateway", on_drop=metrics.trace_spans_dropped)
+
+
 def post_worker_init(worker):
     """Connect to the broker, load auth's keys and start listening to authz's events before
     taking requests (best effort: what fails here is retried on demand)."""
@@ -159,6 +168,9 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    from shared import tracing
+
+    tracing.shutdown()  # export the spans still queued (bounded by the exporter's timeout)
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("plinth") if app is not None else None
     if state is not None:

@@ -29,7 +29,7 @@ from gateway.revocations import RevokedSessions, SessionListener
 from gateway.routes import RATE_CLASSES, load_routes
 from gateway.rpc import RpcPool
 from gateway.security import Jwks, TokenValidator, bearer_token, rejected
-from shared import context
+from shared import context, tracing
 from shared.config import require_strong_credentials
 from shared.errors import PlinthError
 
@@ -215,6 +215,8 @@ def _jwks_view(state):
 def create_app(config=None):
     """A gateway app. ``config`` overrides config/gateway.yaml (see gateway/settings.py)."""
     settings = settings_module.load(config)
+    # gunicorn builds the app in each worker, after the fork: so is the span exporter's thread
+    tracing.setup("gateway", on_drop=metrics.trace_spans_dropped)
     require_strong_credentials(settings, {
         "AMQP_URI": settings.get("AMQP_URI"),
         "RATELIMIT_STORAGE_URI": settings.get("RATELIMIT_STORAGE_URI")})

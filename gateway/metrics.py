@@ -19,7 +19,8 @@ from prometheus_client import (
 )
 
 __all__ = ["REQUEST_LATENCY", "REQUESTS", "RPC_LATENCY", "AUTHZ_CACHE", "JWKS_FETCHES",
-           "AUTHZ_EVENTS", "BREAKER_STATE", "observe_request", "breaker_changed", "register"]
+           "AUTHZ_EVENTS", "BREAKER_STATE", "TRACE_SPANS_DROPPED", "observe_request",
+           "trace_spans_dropped", "breaker_changed", "register"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -49,6 +50,9 @@ BREAKER_STATE = Gauge(
 BREAKER_TRANSITIONS = Counter(
     "gateway_circuit_breaker_transitions", "Circuit breaker state changes", ["service", "to"])
 _BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+TRACE_SPANS_DROPPED = Counter(
+    "gateway_trace_spans_dropped", "Spans not exported: the export queue was full, or the "
+    "trace receiver could not be reached", ["reason"])
 
 MULTIPROC_DIR_KEY = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -56,6 +60,10 @@ MULTIPROC_DIR_KEY = "PROMETHEUS_MULTIPROC_DIR"
 def breaker_changed(service, old, new):
     BREAKER_STATE.labels(service).set(_BREAKER_VALUES.get(new, 0))
     BREAKER_TRANSITIONS.labels(service, new).inc()
+
+
+def trace_spans_dropped(count, reason):
+    TRACE_SPANS_DROPPED.labels(reason).inc(count)
 
 
 def observe_request(method, route, status, seconds):

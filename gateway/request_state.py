@@ -23,6 +23,7 @@ class RequestState:
         "route",  # the route-table entry being served
         "target_error",  # the error came from the route's target (its ``errors`` remap applies)
         "rate_limit",  # the tightest rate-limit window (gateway.limits.RateLimitState), for headers
+        "span",  # the request's server span (a shared.tracing handle), None when not traced
     )
 
     def __init__(self):
@@ -35,6 +36,7 @@ class RequestState:
         self.route = None
         self.target_error = False
         self.rate_limit = None
+        self.span = None
 
 
 def current():

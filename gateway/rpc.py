@@ -17,10 +17,12 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 
 from gateway import metrics
+from shared import tracing
 from shared.errors import PlinthError, Unavailable
 from shared.rpc_client import BrokerUnavailable, RpcClient, RpcTimeout, ServiceNotRunning
 
@@ -120,14 +122,19 @@ class RpcPool:
         """``service.method(**kwargs)``'s result, or its typed error.
 
         Errors: the service's own (``shared.errors``), ``RpcTimeout`` (504),
-        ``ServiceNotRunning`` and ``BrokerUnavailable`` (503).
+        ``ServiceNotRunning`` and ``BrokerUnavailable`` (503). The call is a client span of
+        the current trace, whose context travels in the call's headers.
         """
         for _name, hook in self._before_rpc:
             hook(service)
         timeout = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         outcome = "ok"
+        span = tracing.start(f"{service}.{method}", tracing.SpanKind.CLIENT, attributes={
+            "rpc.system": "nameko", "rpc.service": service, "rpc.method": method})
         try:
+            if span is not None:
+                context = tracing.inject(dict(context or {}))
             return self.backend.call(service, method, kwargs or {}, timeout, context)
         except RpcTimeout:
             outcome = "timeout"
@@ -142,6 +149,8 @@ class RpcPool:
             outcome = "failed"
             raise
         finally:
+            if span is not None:
+                tracing.finish(span, sys.exc_info()[1])
             elapsed = time.perf_counter() - started
             metrics.RPC_LATENCY.labels(service, outcome).observe(elapsed)
             for name, hook in self._after_rpc:

@@ -9,6 +9,7 @@ from shared.contracts import (
     ACTOR_TYPES,
     AUDIT_OUTCOMES,
     REQUEST_ID_PATTERN,
+    TRACE_ID_PATTERN,
     USER_STATUSES,
     USER_TYPES,
 )
@@ -311,6 +312,9 @@ class AuditFilters(Schema):
     subject = _text(255, 1)
     service = _text(64, 1, metadata={"description": "the service that recorded it"})
     request_id = fields.String(validate=validate.Regexp(REQUEST_ID_PATTERN))
+    trace_id = fields.String(validate=validate.Regexp(TRACE_ID_PATTERN, error="32 lower-case "
+                             "hex digits"), metadata={"description": "the trace id (the "
+                             "traceresponse header of the request)"})
     outcome = fields.String(validate=validate.OneOf(AUDIT_OUTCOMES))
     since = Timestamp()
     until = Timestamp()
@@ -341,6 +345,7 @@ class AuditEntrySchema(Schema):
     actor = fields.Nested(ActorSchema, allow_none=True)
     subject = fields.String(allow_none=True)
     request_id = fields.String(allow_none=True)
+    trace_id = fields.String(allow_none=True)
     outcome = fields.String(allow_none=True)
     data = fields.Dict(allow_none=True)
     prev_hash = fields.String(allow_none=True)

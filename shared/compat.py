@@ -8,9 +8,11 @@ attribute) when it is not: the process refuses to start instead of misbehaving l
 The patches: nameko's RPC reply path (``RpcConsumer.handle_result`` and ``Responder``:
 ``KeptConnectionRpcConsumer``, the consumer of ``shared.rpc.Rpc``), py-amqp's
 ``transport._quick_recv`` (``read_ahead``), the private parts of a standalone
-``ClusterRpcProxy`` (``set_call_options``, used by benchmarks) and gunicorn's ``Server``
-header and error pages (``set_server_name``, ``replace_error_writer``), and nameko's
-``QueueConsumer.get_consumers`` (``RawQueueConsumer``, the consumer of ``shared.tasks``).
+``ClusterRpcProxy`` (``set_call_options``, used by benchmarks), gunicorn's ``Server``
+header and error pages (``set_server_name``, ``replace_error_writer``), nameko's
+``QueueConsumer.get_consumers`` (``RawQueueConsumer``, the consumer of ``shared.tasks``) and
+the export queue of opentelemetry-sdk's ``BatchSpanProcessor`` (``counting_span_processor``)
+and its reading of the sampler variables (``sampler_from_environment``).
 """
 
 import inspect
@@ -40,7 +42,7 @@ from shared.replies import ReplySender
 __all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path", "RawQueueConsumer",
            "check_nameko_queue_consumer",
            "KeptConnectionRpcConsumer", "read_ahead", "set_call_options", "set_server_name",
-           "replace_error_writer"]
+           "replace_error_writer", "counting_span_processor", "sampler_from_environment"]
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +274,40 @@ class RawQueueConsumer(QueueConsumer):
             consumer.qos(prefetch_count=self.prefetch_count)
             self._consumers[provider] = consumer
         return self._consumers.values()
+
+
+# -- opentelemetry-sdk: counting the spans a full export queue drops --------------------------
+
+def sampler_from_environment():
+    """The sampler ``OTEL_TRACES_SAMPLER`` / ``_ARG`` name, as the SDK reads them for a
+    ``TracerProvider`` given none (shared.tracing wraps it, so it must read them itself)."""
+    from opentelemetry.sdk.trace import sampling
+
+    return require("opentelemetry-sdk", sampling, "_get_from_env_or_default", [])()
+
+
+def counting_span_processor(exporter, on_drop):
+    """A ``BatchSpanProcessor`` for ``exporter`` that calls ``on_drop(1, "queue_full")`` for
+    each span it drops because its bounded queue is full (the SDK only logs those). It reads
+    the processor's private queue and its bound."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    require("opentelemetry-sdk", BatchSpanProcessor, "on_end", ["self", "span"])
+
+    class CountingBatchSpanProcessor(BatchSpanProcessor):
+        def on_end(self, span):
+            if span.context.trace_flags.sampled:
+                batch = self._batch_processor
+                if len(batch._queue) >= batch._max_queue_size:
+                    on_drop(1, "queue_full")
+            super().on_end(span)
+
+    processor = CountingBatchSpanProcessor(exporter)
+    try:
+        inner = require("opentelemetry-sdk", processor, "_batch_processor")
+        require("opentelemetry-sdk", inner, "_queue")
+        require("opentelemetry-sdk", inner, "_max_queue_size")
+    except IncompatibleLibrary:
+        processor.shutdown()
+        raise
+    return processor

@@ -57,6 +57,7 @@ __all__ = [
     "USER_STATUSES",
     "AUDIT_OUTCOMES",
     "REQUEST_ID_PATTERN",
+    "TRACE_ID_PATTERN",
 ]
 
 # -- permissions -----------------------------------------------------------------------------
@@ -255,3 +256,5 @@ USER_STATUSES = ("active", "disabled", "deleted")
 AUDIT_OUTCOMES = ("success", "failure", "unknown")
 # X-Request-ID and the request id of the RPC context: 1-128 of A-Za-z0-9._:-
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+# a W3C trace id as the audit trail stores it and the API filters by it
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import config as cfg
-from shared import migrations, outbox, tasks
+from shared import migrations, outbox, tasks, tracing
 from shared.engine import is_sqlite, make_engine
 from shared.hub import Hub
 from shared.metrics import MetricsRegistry
@@ -57,9 +57,15 @@ class UnitOfWork:
         """Queue ``event_type`` in the outbox; it is published only if this unit commits."""
         envelope = outbox.envelope(self.service, event_type, subject, data or {},
                                    self.context_data, actor=actor)
-        outbox.add(self.session, self.service, envelope)
+        outbox.add(self.session, self.service, envelope, self.trace_context())
         self._emitted += 1
         return envelope
+
+    def trace_context(self):
+        """The trace context of the code running now (its span), else the one this unit's
+        caller sent: stored with an outbox row, so the event's consumers join the trace."""
+        current = tracing.inject({}) if tracing.enabled() else {}
+        return current or tracing.carrier_of(self.context_data)
 
     def dispatch(self, task_type, data=None, delay=None, eta=None, key=None):
         """Queue the task ``task_type`` in the outbox; it is sent only if this unit commits.
@@ -70,7 +76,8 @@ class UnitOfWork:
         ``shared.tasks.UnknownTask`` / ``InvalidTaskData`` with nothing written.
         """
         envelope = tasks.add(self.session, self.service, task_type, data, self.context_data,
-                             delay=delay, eta=eta, key=key)
+                             delay=delay, eta=eta, key=key,
+                             trace_context=self.trace_context())
         self._emitted += 1
         return envelope
 
@@ -210,6 +217,7 @@ class Database(DependencyProvider):
         config = self.container.config
         self.uri = cfg.db_uri(service, config)
         cfg.require_strong_credentials(config, {f"{service.upper()}_{DB_URI_KEY}": self.uri})
+        tracing.setup(service)  # before the engine: its statements get spans
         self.engine = make_engine(self.uri, service,
                                   pool_size=cfg.setting(config, "DB_POOL_SIZE", 10, int))
         if cfg.setting(config, "MIGRATE_ON_START", True, bool):

@@ -1,4 +1,4 @@
-"""JSON log lines carrying the current request id, actor and service."""
+"""JSON log lines carrying the current request id, actor, service and trace (ids)."""
 
 import json
 import logging
@@ -7,16 +7,17 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from shared import context
+from shared import context, tracing
 
 __all__ = ["JsonFormatter", "ContextFilter", "configure", "LOGGING"]
 
 _SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "actor",
-                                                 "service"}
+                                                 "service", "trace_id", "span_id"}
 
 
 class ContextFilter(logging.Filter):
-    """Stamp each record with the request id and actor bound to the running greenthread."""
+    """Stamp each record with the request id, actor and span (trace and span ids) bound to
+    the running greenthread or thread."""
 
     def __init__(self, service=None):
         super().__init__()
@@ -27,6 +28,7 @@ class ContextFilter(logging.Filter):
         record.request_id = getattr(record, "request_id", None) or request_id
         record.actor = actor.to_dict() if actor else None
         record.service = self.service
+        record.trace_id, record.span_id = tracing.current_ids()
         return True
 
 
@@ -39,6 +41,8 @@ class JsonFormatter(logging.Formatter):
             "service": getattr(record, "service", ""),
             "request_id": getattr(record, "request_id", None),
             "actor": getattr(record, "actor", None),
+            "trace_id": getattr(record, "trace_id", None),
+            "span_id": getattr(record, "span_id", None),
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():

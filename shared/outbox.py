@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from nameko.standalone.events import get_event_exchange
 
-from shared import task_queues
+from shared import task_queues, tracing
 from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
@@ -58,6 +58,8 @@ def define_tables(metadata):
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.String(300), nullable=True),
+        # the W3C trace context of the unit of work that wrote the row ({traceparent, ...})
+        sa.Column("trace_context", sa.JSON, nullable=True),
     )
     processed = sa.Table(
         "processed_events", metadata,
@@ -101,13 +103,14 @@ def envelope(service, event_type, subject, data, context_data, actor=None):
     }
 
 
-def add(session, service, env):
-    """Write ``env`` (an event, or a task of shared.tasks) to ``service``'s outbox."""
+def add(session, service, env, trace_context=None):
+    """Write ``env`` (an event, or a task of shared.tasks) to ``service``'s outbox;
+    ``trace_context`` (``traceparent`` and ``tracestate``) is the writer's, sent on with it."""
     outbox, _ = _tables(service)
     session.execute(outbox.insert().values(
         event_id=env.get("event_id") or env["task_id"],
         event_type=env.get("event_type") or env["task_type"], payload=env,
-        created_at=utcnow(), attempts=0,
+        created_at=utcnow(), attempts=0, trace_context=trace_context or None,
     ))
 
 
@@ -129,12 +132,15 @@ def forget_processed(session, service, event_id):
     session.execute(processed.delete().where(processed.c.event_id == event_id))
 
 
-def headers_for(env):
-    """nameko context headers, so a consumer's worker carries the event's request and actor."""
+def headers_for(env, trace_context=None):
+    """nameko context headers, so a consumer's worker carries the event's request, actor and
+    trace context."""
     headers = {f"nameko.{REQUEST_ID_KEY}": env.get("request_id")}
     actor = env.get("actor") or {}
     headers[f"nameko.{ACTOR_TYPE_KEY}"] = actor.get("type")
     headers[f"nameko.{ACTOR_ID_KEY}"] = actor.get("id")
+    for key, value in tracing.carrier_of(trace_context or {}).items():
+        headers[f"nameko.{key}"] = value
     return {k: v for k, v in headers.items() if v is not None}
 
 
@@ -202,7 +208,7 @@ class Relay:
         table, now = self.outbox, utcnow()
         with self.engine.begin() as conn:
             query = (sa.select(table.c.id, table.c.event_type, table.c.payload,
-                               table.c.attempts)
+                               table.c.attempts, table.c.trace_context)
                      .where(table.c.sent_at.is_(None),
                             sa.or_(table.c.next_attempt_at.is_(None),
                                    table.c.next_attempt_at <= now))
@@ -240,14 +246,28 @@ class Relay:
         if len(body) > self.policy.max_event_bytes:
             raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
                           f"({self.policy.max_event_bytes})")
-        if "task_id" in row.payload:  # a task goes to its service's task queue, not to events
-            return task_queues.publish(self.publisher, row.payload, body,
-                                       headers_for(row.payload))
-        return self.publisher.publish(
-            body, exchange=self.exchange, routing_key=row.event_type,
-            content_type="application/json", content_encoding="utf-8",
-            headers=headers_for(row.payload), declare=[self.exchange],
-            message_id=row.payload.get("event_id"))
+        stored = row.trace_context if isinstance(row.trace_context, dict) else {}
+        message_id = row.payload.get("event_id") or row.payload.get("task_id")
+        # a span of the publish, in the trace of the unit of work that wrote the row; the
+        # consumers' spans are its children (without tracing here, the row's context goes on)
+        with tracing.span(f"{row.event_type} publish", tracing.SpanKind.PRODUCER,
+                          parent=tracing.carrier_of(stored), attributes={
+                              "messaging.system": "rabbitmq",
+                              "messaging.operation.type": "publish",
+                              "messaging.message.id": str(message_id),
+                              "plinth.event_type": row.event_type}) as publish:
+            sent = tracing.inject({}) if publish is not None else stored
+            headers = headers_for(row.payload, sent)
+            if "task_id" in row.payload:  # a task goes to its service's task queue
+                routed = task_queues.publish(self.publisher, row.payload, body, headers)
+            else:
+                routed = self.publisher.publish(
+                    body, exchange=self.exchange, routing_key=row.event_type,
+                    content_type="application/json", content_encoding="utf-8",
+                    headers=headers, declare=[self.exchange], message_id=message_id)
+            if publish is not None and not routed:
+                publish.set_attribute("error.type", "Unroutable")
+            return routed
 
     def _set_back(self, conn, row, error, now):
         attempts = row.attempts + 1

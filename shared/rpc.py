@@ -8,7 +8,7 @@ from marshmallow import ValidationError
 from nameko.exceptions import UnknownService
 from nameko.rpc import Rpc as _NamekoRpc
 
-from shared import compat
+from shared import compat, tracing
 from shared import config as cfg
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 
@@ -80,21 +80,53 @@ def call_service(service, method, *args, timeout, **kwargs):
     """Call ``method`` (an attribute of a nameko ``RpcProxy`` to ``service``) and wait at most
     ``timeout`` seconds. nameko's in-service proxy has no timeout of its own: a service that
     does not answer in time, or has no instance running, is ``Unavailable`` (retry shortly),
-    never a hang. The service's own typed errors reach the caller as themselves.
+    never a hang. The service's own typed errors reach the caller as themselves. The call
+    gets a client span, whose context travels in the worker's context data.
     """
+    handle = _client_span(service, method)
     timer = eventlet.Timeout(timeout)
+    error = None
     try:
         return method(*args, **kwargs)
     except eventlet.Timeout as exc:
         if exc is not timer:
             raise
-        raise Unavailable(f"{service} did not answer within {timeout:g}s; try again",
-                          {"service": service}) from None
+        error = Unavailable(f"{service} did not answer within {timeout:g}s; try again",
+                            {"service": service})
+        raise error from None
     except UnknownService:
-        raise Unavailable(f"{service} is not running; try again",
-                          {"service": service}) from None
+        error = Unavailable(f"{service} is not running; try again", {"service": service})
+        raise error from None
+    except Exception as exc:
+        error = exc
+        raise
     finally:
         timer.cancel()
+        _end_client_span(handle, method, error)
+
+
+def _client_span(service, method):
+    """Start the client span of a call through a nameko proxy method and point the worker's
+    context data (what the proxy sends as headers) at it; None when not traced."""
+    worker_ctx = getattr(method, "worker_ctx", None)
+    if not tracing.enabled() or worker_ctx is None:
+        return None
+    name = getattr(method, "method_name", "call")
+    handle = tracing.start(f"{service}.{name}", tracing.SpanKind.CLIENT, attributes={
+        "rpc.system": "nameko", "rpc.service": service, "rpc.method": name})
+    saved = tracing.carrier_of(worker_ctx.data)
+    tracing.inject(worker_ctx.data)
+    return handle, worker_ctx, saved
+
+
+def _end_client_span(traced, method, error):
+    if traced is None:
+        return
+    handle, worker_ctx, saved = traced
+    for key in (tracing.TRACEPARENT, tracing.TRACESTATE):
+        worker_ctx.data.pop(key, None)
+    worker_ctx.data.update(saved)
+    tracing.finish(handle, error)
 
 
 def rpc_input(data, fields):

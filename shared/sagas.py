@@ -39,7 +39,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import sessionmaker
 
 from shared import config as cfg
-from shared import tasks
+from shared import tasks, tracing
 from shared.backoff import HALF_JITTER, NO_JITTER, Backoff
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY
 from shared.db import UnitOfWork
@@ -287,11 +287,15 @@ class SagaClient:
         self._provider = provider
         self._context = {k: context_data.get(k) for k in (REQUEST_ID_KEY, ACTOR_ID_KEY,
                                                           ACTOR_TYPE_KEY)}
+        self._caller_trace = tracing.carrier_of(context_data)
 
     def start(self, name, data, wait=0.0, saga_id=None):
         """Record a new saga, hand it to the runner and wait up to ``wait`` seconds for it to
-        end; returns it as ``get`` shows it (possibly still running)."""
-        return self._provider.start_saga(name, data, self._context, wait, saga_id)
+        end; returns it as ``get`` shows it (possibly still running). The saga keeps the
+        trace context of the code starting it: its steps join that trace."""
+        trace = (tracing.inject({}) if tracing.enabled() else {}) or self._caller_trace
+        return self._provider.start_saga(name, data, {**self._context, **trace}, wait,
+                                         saga_id)
 
     def get(self, saga_id):
         return self._provider.get_saga(saga_id)
@@ -531,8 +535,17 @@ class Sagas(DependencyProvider):
 
     def _step(self, row):
         saga = self.definitions[row.name]
-        state = row.data
         step = saga.steps[row.current_step]
+        undo = "" if row.status == RUNNING else " compensation"
+        # a span per step (attempt), in the trace of the code that started the saga
+        with tracing.span(f"saga {row.name} {step.name}{undo}", tracing.SpanKind.INTERNAL,
+                          parent=tracing.carrier_of(row.context or {}), attributes={
+                              "plinth.saga": row.name, "plinth.saga_id": row.id,
+                              "plinth.saga_step": step.name}):
+            self._run_step(row, saga, step)
+
+    def _run_step(self, row, saga, step):
+        state = row.data
         key = f"{row.id}:{step.name}"
         if row.status == RUNNING:
             outcome = self._run_action(row, saga, step, step.action, state, key,
@@ -591,8 +604,14 @@ class Sagas(DependencyProvider):
     def _call(self, saga_id, step, action, call, key, view):
         context = {**self._context_of(saga_id), IDEMPOTENCY_KEY: key}
         if isinstance(action, RpcAction):
-            return self.rpc.call(action.service, action.method, kwargs=call,
-                                 timeout=step.timeout, context=context)
+            with tracing.span(f"{action.service}.{action.method}", tracing.SpanKind.CLIENT,
+                              attributes={"rpc.system": "nameko",
+                                          "rpc.service": action.service,
+                                          "rpc.method": action.method}) as span:
+                if span is not None:
+                    tracing.inject(context)  # the callee's span is a child of this one
+                return self.rpc.call(action.service, action.method, kwargs=call,
+                                     timeout=step.timeout, context=context)
         uow = self._uow(context)
         with uow, eventlet.Timeout(step.timeout):
             if isinstance(action, LocalAction):

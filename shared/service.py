@@ -9,6 +9,7 @@ from shared.context import RequestContext
 from shared.health import Health
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 from shared.registration import Registration, deregister_first
+from shared.worker_tracing import Tracing
 
 __all__ = ["ServiceBase", "json_response"]
 
@@ -20,8 +21,9 @@ def json_response(body, status=200):
 
 class ServiceBase:
     """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health``,
-    Prometheus ``/metrics`` (``self.metrics``; see shared.metrics) and its registration with
-    Consul (``self.registration``; see shared.registration).
+    Prometheus ``/metrics`` (``self.metrics``; see shared.metrics), its registration with
+    Consul (``self.registration``; see shared.registration) and a span per worker
+    (``self.tracing``; see shared.worker_tracing).
 
     Import this module, not the class (``from shared import service as kernel``): nameko run
     takes every top-level class with entrypoints in a service module for a service.
@@ -33,6 +35,7 @@ class ServiceBase:
     health = Health()
     registration = Registration()
     metrics = Metrics()
+    tracing = Tracing()
 
     @http("GET", "/health/live")
     def health_live(self, request):

@@ -74,7 +74,7 @@ from nameko.exceptions import registry as _nameko_remote_errors
 from nameko.extensions import Entrypoint, ProviderCollector, SharedExtension
 
 from shared import config as cfg
-from shared import outbox
+from shared import outbox, tracing
 from shared.compat import RawQueueConsumer
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.engine import make_engine
@@ -272,13 +272,15 @@ def envelope(service, name, data, context_data, due=None, actor=None, task_id=No
     }
 
 
-def add(session, service, name, data=None, context_data=None, delay=None, eta=None, key=None):
+def add(session, service, name, data=None, context_data=None, delay=None, eta=None,
+        key=None, trace_context=None):
     """Validate the task and write it to ``service``'s outbox in ``session``'s transaction.
 
     ``UnitOfWork.dispatch`` is the usual way in. Raises ``UnknownTask`` / ``InvalidTaskData``
     with nothing written. With an idempotency ``key`` the task id is derived from it
     (``task_id_for``) and a task of that id still in the outbox is not written again: the
-    envelope written the first time is returned.
+    envelope written the first time is returned. ``trace_context``: the writer's
+    (shared.tracing), so the task's handler joins its trace.
     """
     check_name(service, name)
     data = _check_data(data)
@@ -293,7 +295,7 @@ def add(session, service, name, data=None, context_data=None, delay=None, eta=No
         if earlier is not None:
             return earlier
     env = envelope(service, name, data, context_data or {}, due, task_id=task_id)
-    outbox.add(session, service, env)
+    outbox.add(session, service, env, trace_context)
     return env
 
 
@@ -594,7 +596,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
 
 def _context_of(message):
     headers = message.headers or {}
-    keys = (REQUEST_ID_KEY, ACTOR_ID_KEY, ACTOR_TYPE_KEY)
+    # the trace context too: the handler's span joins the trace of the code that sent the task
+    keys = (REQUEST_ID_KEY, ACTOR_ID_KEY, ACTOR_TYPE_KEY, tracing.TRACEPARENT,
+            tracing.TRACESTATE)
     return {key: headers[f"nameko.{key}"] for key in keys if f"nameko.{key}" in headers}
 
 

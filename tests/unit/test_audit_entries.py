@@ -30,8 +30,19 @@ def test_an_envelope_becomes_an_entry_field_for_field():
         "occurred_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC),
         "source": "identity", "action": "user.created", "actor_id": "u1", "actor_type": "user",
         "subject": "s1", "request_id": "req-1", "outcome": "success",
-        "data": {"email": "a@b.test"},
+        "data": {"email": "a@b.test"}, "trace_id": None,
     }
+
+
+def test_an_event_keeps_the_trace_id_of_its_traceparent_header_and_ignores_a_malformed_one():
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    good = {"nameko.traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    assert entries.from_event(envelope(), "user.created", "identity", good,
+                              now=NOW)["trace_id"] == trace_id
+    for bad in ("00-xyz-00f067aa0ba902b7-01", f"00-{trace_id.upper()}-00f067aa0ba902b7-01",
+                "00-" + "0" * 32 + "-00f067aa0ba902b7-01", 42):
+        assert entries.from_event(envelope(), "user.created", "identity",
+                                  {"nameko.traceparent": bad}, now=NOW)["trace_id"] is None
 
 
 def test_missing_fields_come_from_the_message_and_its_headers():

@@ -180,7 +180,8 @@ def _containers():
 
 
 def test_every_deployment_is_probed_limited_scaled_and_drained():
-    deployments = {d["metadata"]["name"]: d for _, d in MANIFESTS if d["kind"] == "Deployment"}
+    deployments = {d["metadata"]["name"]: d for _, d in MANIFESTS if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] != "jaeger"}  # infrastructure: tested below
     hpas = {d["spec"]["scaleTargetRef"]["name"] for _, d in MANIFESTS
             if d["kind"] == "HorizontalPodAutoscaler"}
     assert set(deployments) == {*SERVICES, "gateway"}
@@ -243,3 +244,47 @@ def test_compose_publishes_the_gateway_directly_and_so_trusts_no_proxy(compose):
     gateway = compose["services"]["gateway"]
     assert gateway["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
     assert gateway["environment"]["GATEWAY_TRUSTED_PROXIES"] == "${GATEWAY_TRUSTED_PROXIES:-0}"
+
+
+def _otel_endpoint_host_port(value):
+    match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", value)
+    assert match, value
+    return match.group(1), int(match.group(2))
+
+
+def test_kubernetes_runs_jaeger_with_otlp_and_points_every_pod_at_it():
+    jaeger = next(d for _, d in MANIFESTS if d["kind"] == "Deployment"
+                  and d["metadata"]["name"] == "jaeger")
+    service = next(d for _, d in MANIFESTS if d["kind"] == "Service"
+                   and d["metadata"]["name"] == "jaeger")
+    [container] = jaeger["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("jaegertracing/all-in-one:")
+    assert {"name": "COLLECTOR_OTLP_ENABLED", "value": "true"} in container["env"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert all(container[p]["httpGet"]["port"] == "admin"
+               for p in ("livenessProbe", "readinessProbe", "startupProbe"))
+    configmap = next(d for _, d in MANIFESTS if d["kind"] == "ConfigMap")
+    host, port = _otel_endpoint_host_port(configmap["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert host == service["metadata"]["name"]
+    assert port in {p["port"] for p in service["spec"]["ports"] if p["name"] == "otlp-http"}
+    # the service name comes from each process's config, never one name for every pod
+    assert "OTEL_SERVICE_NAME" not in configmap["data"]
+    for doc, container in _containers():
+        if doc["metadata"]["name"] == "jaeger":
+            continue
+        assert {"configMapRef": {"name": "plinth-config"}} in container.get("envFrom", []), \
+            doc["metadata"]["name"]
+
+
+def test_compose_runs_jaeger_with_otlp_and_points_every_process_at_it(compose):
+    jaeger = compose["services"]["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert jaeger["ports"] == ["127.0.0.1:16686:16686"]
+    for name in (*SERVICES, "gateway"):
+        env = compose["services"][name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
+            "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://jaeger:4318}", name
+        assert "OTEL_SERVICE_NAME" not in env
+        # tracing is optional: nothing waits for the trace backend
+        assert "jaeger" not in compose["services"][name]["depends_on"]

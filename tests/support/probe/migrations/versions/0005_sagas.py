@@ -1,15 +1,15 @@
 """sagas: the state of the probe's sagas (tests/bench/bench_tasks.py)
 
-Revision ID: probe0004
-Revises: probe0003
+Revision ID: probe0005
+Revises: probe0004
 Create Date: 2026-12-04 16:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 SCHEMA = "probe"
-revision = "probe0004"
-down_revision = "probe0003"
+revision = "probe0005"
+down_revision = "probe0004"
 branch_labels = None
 depends_on = None
 
