@@ -65,14 +65,24 @@ shell: $(STAMP)  ## nameko shell for one service: make shell SVC=identity
 	@test -n "$(SVC)" || { echo "usage: make shell SVC=identity"; exit 2; }
 	$(BIN)/nameko shell --config config/$(SVC).yaml
 
+# `make bench rpc tasks`: the goals after `bench` name benchmarks, not targets
+BENCHES := $(if $(filter bench,$(MAKECMDGOALS)),$(filter-out bench,$(MAKECMDGOALS)))
+
 tasks: $(STAMP)  ## dead letters of one service: make tasks SVC=audit ARGS="dead list|show ID|replay ID|drop ID"
+ifeq ($(BENCHES),)
 	@test -n "$(SVC)" || { echo 'usage: make tasks SVC=audit ARGS="dead list"'; exit 2; }
 	$(BIN)/python -m shared.tasks_cli --config config/$(SVC).yaml $(or $(ARGS),dead list)
+endif
 
-bench: $(STAMP)  ## benchmarks; figures go to docs/benchmarks.md (the gateway's needs wrk)
+bench: $(STAMP)  ## benchmarks (all, or the named: make bench tasks); figures go to docs/benchmarks.md
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
 	  || { echo "make bench needs wrk (apt-get install wrk)"; exit 2; }
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCHES)
+
+ifneq ($(BENCHES),)
+$(filter-out tasks,$(BENCHES)):
+	@:
+endif
 
 admin: $(STAMP)  ## create or promote an administrator: make admin EMAIL=you@example.com
 	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }

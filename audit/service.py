@@ -12,6 +12,7 @@ from shared import service as kernel  # not imported by name: nameko would take 
 from shared.db import Database
 from shared.errors import Conflict, Invalid
 from shared.redelivery import describe, is_client_error
+from shared.retention import Retention, retention_every
 from shared.rpc import load, rpc, rpc_input
 from shared.tasks import task
 
@@ -26,6 +27,11 @@ class AuditService(kernel.ServiceBase):
     db = Database(Base.metadata)
     trail = TrailConsumer()
     config = Config()
+    retention = Retention()
+
+    @task("audit.retention.purge", every=retention_every())
+    def purge_retention(self, task):
+        self.retention.purge(self.db)
 
     def _connection(self, snapshot=False):
         session = self.db.session
@@ -124,7 +130,7 @@ class AuditService(kernel.ServiceBase):
         return exports.read_page(self._connection(), self._export_dir(), export_id, offset,
                                  limit)
 
-    @task(exports.GENERATE_TASK, max_attempts=EXPORT_ATTEMPTS)
+    @task(exports.GENERATE_TASK, max_attempts=EXPORT_ATTEMPTS, dedupe=False)
     def generate_export(self, task):
         # the export's own status is the dedupe mark: a redelivery after it is done is a no-op,
         # one after a crash mid-write writes the (pinned, so identical) file again

@@ -12,12 +12,15 @@ from shared import service as kernel  # not imported by name: nameko would take 
 from shared.db import Database
 from shared.errors import Conflict
 from shared.events import event_handler
+from shared.retention import Retention, retention_every
 from shared.rpc import call_service, load, rpc
+from shared.tasks import task
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 300
-SESSION_RETENTION = timedelta(days=1)
+# days an expired session (and its refresh tokens) is kept: longer than an access token lives
+SESSION_RETENTION_KEY = "AUTH_SESSION_RETENTION_DAYS"
 KEY_ROTATED = "signing_key.rotated"
 # built once: a schema's construction costs more than a load, and loads share no state
 LOGIN, REFRESH_TOKEN, ACCESS_TOKEN = (schemas.LoginSchema(), schemas.RefreshTokenSchema(),
@@ -31,6 +34,7 @@ class AuthService(kernel.ServiceBase):
     db = Database(Base.metadata)
     tokens = TokenKeys()
     guard = Guard()
+    retention = Retention(sessions=(SESSION_RETENTION_KEY, 1))
     identity_rpc = RpcProxy("identity")
 
     def _identity(self, method):
@@ -126,16 +130,22 @@ class AuthService(kernel.ServiceBase):
         log.info("revoked %d session(s) after %s", count, payload["event_type"],
                  extra={"user_id": payload["subject"]})
 
+    @task("auth.retention.purge", every=retention_every())
+    def purge_retention(self, task):
+        """The kernel's retention, and the sessions expired more than a day ago (configurable)."""
+        keep = self.retention.age("sessions")
+        self.retention.purge(self.db, also={
+            "sessions": lambda session, now: sessions.prune(session, now, keep)})
+
     @timer(interval=MAINTENANCE_INTERVAL)
     def maintenance(self):
         """Forget what has expired, and rotate the signing key when it reaches its age."""
         stamp = sessions.now_utc()
         session = self.db.session
-        pruned = (sessions.prune(session, stamp, SESSION_RETENTION),
-                  throttle.prune(session, stamp, self.guard.policy), keys.prune(session, stamp))
+        pruned = (throttle.prune(session, stamp, self.guard.policy), keys.prune(session, stamp))
         self.db.commit()
         if any(pruned):
-            log.info("pruned %d sessions, %d throttle counters, %d retired keys", *pruned)
+            log.info("pruned %d throttle counters, %d retired keys", *pruned)
         max_age = self.tokens.key_max_age_days
         active = keys.active_row(session)
         if max_age and active is not None and stamp - active.created_at > timedelta(days=max_age):

@@ -11,7 +11,9 @@ from shared.db import Database
 from shared.errors import NotFound
 from shared.events import event_handler
 from shared.ids import is_uuid
+from shared.retention import Retention, retention_every
 from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
+from shared.tasks import task
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,11 @@ class AuthzService(kernel.ServiceBase):
     db = Database(Base.metadata)
     identity_rpc = RpcProxy("identity")
     bootstrap_admin = BootstrapAdmin()
+    retention = Retention()
+
+    @task("authz.retention.purge", every=retention_every())
+    def purge_retention(self, task):
+        self.retention.purge(self.db)
 
     # -- roles --------------------------------------------------------------------------------
     @rpc

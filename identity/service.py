@@ -8,8 +8,10 @@ from shared import service as kernel  # not imported by name: nameko would take 
 from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
+from shared.retention import Retention, retention_every
 from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
 from shared.sagas import Sagas
+from shared.tasks import task
 
 # seconds provision_user waits for its saga before answering "accepted, still running"
 PROVISIONING_WAIT_KEY = "PROVISIONING_WAIT"
@@ -24,6 +26,11 @@ class IdentityService(kernel.ServiceBase):
     passwords = Passwords()
     authz_rpc = RpcProxy("authz")
     sagas = Sagas(provisioning.PROVISION_USER)
+    retention = Retention()
+
+    @task("identity.retention.purge", every=retention_every())
+    def purge_retention(self, task):
+        self.retention.purge(self.db)
 
     @rpc(sensitive_arguments=SENSITIVE)
     def create_user(self, data=None, **fields):

@@ -33,6 +33,8 @@ class UnitOfWork:
         self._on_commit = on_commit
         self._session = None
         self._emitted = 0
+        self._kernel_claim = None  # the task id the kernel claimed for this unit's handler
+        self._claim_state = None  # "pending" (in the open transaction), "committed", "lost"
 
     @property
     def session(self) -> Session:
@@ -65,14 +67,17 @@ class UnitOfWork:
         current = tracing.inject({}) if tracing.enabled() else {}
         return current or tracing.carrier_of(self.context_data)
 
-    def dispatch(self, task_type, data=None, delay=None, eta=None):
+    def dispatch(self, task_type, data=None, delay=None, eta=None, key=None):
         """Queue the task ``task_type`` in the outbox; it is sent only if this unit commits.
 
-        ``delay`` (seconds) or ``eta`` (an aware datetime) holds it back until then. Raises
+        ``delay`` (seconds) or ``eta`` (an aware datetime) holds it back until then; an
+        idempotency ``key`` makes its id derived from the key, and a second dispatch with the
+        same key returns the first envelope while it is in the outbox. Raises
         ``shared.tasks.UnknownTask`` / ``InvalidTaskData`` with nothing written.
         """
         envelope = tasks.add(self.session, self.service, task_type, data, self.context_data,
-                             delay=delay, eta=eta, trace_context=self.trace_context())
+                             delay=delay, eta=eta, key=key,
+                             trace_context=self.trace_context())
         self._emitted += 1
         return envelope
 
@@ -80,22 +85,71 @@ class UnitOfWork:
         """Record that ``event`` (an event or task envelope, or its id) is being handled.
 
         Returns False, with the session rolled back, when it was handled before: the caller
-        must skip it. Call it first in a handler, before any other change.
+        must skip it. Call it first in a handler, before any other change. A task handler
+        need not: the kernel claims its task in this unit before the handler runs
+        (``claim_task``), and ``claim`` of that task then answers True without a write.
         """
-        event_id = (event.get("event_id") or event.get("task_id")) if isinstance(event, dict) \
-            else event
+        event_id = _id_of(event)
         if not event_id:
             return True
+        if event_id == self._kernel_claim and self._claim_state in ("pending", "committed"):
+            return True
         try:
-            outbox.record_processed(self.session, self.service, str(event_id))
+            outbox.record_processed(self.session, self.service, event_id)
             self.session.flush()
         except IntegrityError:
-            self.session.rollback()
+            self.rollback()
             return False
+        if event_id == self._kernel_claim:
+            self._claim_state = "pending"  # claimed again after a rollback lost it
         return True
+
+    def claim_task(self, task):
+        """The kernel's claim of ``task`` before its handler runs (shared.tasks): False when
+        the task was done before. The mark stays in this unit's open transaction, so it
+        commits or rolls back with the handler's effects."""
+        self._kernel_claim = _id_of(task)
+        self._claim_state = None
+        if not self.claim(task):
+            self._kernel_claim = None
+            return False
+        self._claim_state = "pending"
+        return True
+
+    def release_claim(self):
+        """The handler of the claimed task failed: roll back what it left and remove the
+        mark if it committed it already, so that the task's retry runs."""
+        if self._kernel_claim is None:
+            return
+        committed = self._claim_state == "committed"
+        self.rollback()
+        task_id, self._kernel_claim, self._claim_state = self._kernel_claim, None, None
+        if not committed:
+            return
+        try:
+            outbox.forget_processed(self.session, self.service, task_id)
+            self.session.commit()
+        except Exception as exc:  # noqa: BLE001 - the handler's own error is the one raised
+            log.error("could not unmark task %s after its handler failed (%s): its retry "
+                      "will be skipped", task_id, type(exc).__name__)
+            self.rollback()
+
+    def settle_claim(self):
+        """The handler of the claimed task returned: commit what it left in this unit (at
+        least the dedupe mark); claim again first if a rollback of the handler lost it."""
+        if self._kernel_claim is None or self._claim_state == "committed":
+            return
+        if self._claim_state == "lost":
+            self._claim_state = None
+            if not self.claim(self._kernel_claim):
+                return  # another worker finished it meanwhile
+            self._claim_state = "pending"
+        self.commit()
 
     def commit(self):
         self.session.commit()
+        if self._claim_state == "pending":
+            self._claim_state = "committed"
         if self._emitted and self._on_commit:
             self._on_commit()
         self._emitted = 0
@@ -104,6 +158,11 @@ class UnitOfWork:
         if self._session is not None:
             self._session.rollback()
         self._emitted = 0
+        self._lose_claim()
+
+    def _lose_claim(self):
+        if self._claim_state == "pending":
+            self._claim_state = "lost"
 
     def close(self):
         if self._session is not None:
@@ -125,6 +184,15 @@ class UnitOfWork:
                 pass
         self._session = None
         self._emitted = 0
+        self._lose_claim()
+
+
+def _id_of(event):
+    if isinstance(event, dict):
+        event_id = event.get("event_id") or event.get("task_id")
+    else:
+        event_id = event
+    return str(event_id) if event_id else None
 
 
 class Database(DependencyProvider):
@@ -182,6 +250,15 @@ class Database(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return UnitOfWork(self.sessions, self.container.service_name,
                           worker_ctx.context_data, on_commit=self.relay.wake)
+
+    def worker_setup(self, worker_ctx):
+        # a task handler runs behind its kernel claim, in the unit of work of the service's
+        # first database (shared.tasks.deduplicated); the instance attribute shadows the method
+        if isinstance(worker_ctx.entrypoint, tasks.TaskEntrypoint) \
+                and worker_ctx.entrypoint.dedupe and self.hub.databases[0] is self:
+            service, name = worker_ctx.service, worker_ctx.entrypoint.method_name
+            setattr(service, name, tasks.deduplicated(getattr(service, self.attr_name),
+                                                      getattr(service, name)))
 
     def worker_teardown(self, worker_ctx):
         # an exception here would kill the whole container, so discard() never raises

@@ -33,8 +33,8 @@ from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
-__all__ = ["define_tables", "envelope", "add", "record_processed", "Relay", "RelayPolicy",
-           "ENVELOPE_VERSION"]
+__all__ = ["define_tables", "tables", "envelope", "add", "find", "record_processed", "Relay",
+           "RelayPolicy", "ENVELOPE_VERSION"]
 
 log = logging.getLogger(__name__)
 ENVELOPE_VERSION = 1
@@ -68,6 +68,11 @@ def define_tables(metadata):
     )
     _TABLES[schema] = (outbox, processed)
     return outbox, processed
+
+
+def tables(service):
+    """``service``'s (outbox, processed_events) tables."""
+    return _tables(service)
 
 
 def _tables(service):
@@ -109,9 +114,22 @@ def add(session, service, env, trace_context=None):
     ))
 
 
+def find(session, service, event_id):
+    """The envelope of the row ``event_id`` (an event or task id) in ``service``'s outbox, or
+    None."""
+    outbox, _ = _tables(service)
+    return session.execute(sa.select(outbox.c.payload)
+                           .where(outbox.c.event_id == event_id)).scalar()
+
+
 def record_processed(session, service, event_id):
     _, processed = _tables(service)
     session.execute(processed.insert().values(event_id=event_id, processed_at=utcnow()))
+
+
+def forget_processed(session, service, event_id):
+    _, processed = _tables(service)
+    session.execute(processed.delete().where(processed.c.event_id == event_id))
 
 
 def headers_for(env, trace_context=None):
@@ -165,20 +183,18 @@ class Refused(Exception):
 class Relay:
     """Publishes a service's due outbox rows, oldest first, and marks them sent."""
 
-    def __init__(self, engine, service, amqp_uri, interval=0.5, batch=200,
-                 retention=timedelta(days=1), config=None, policy=None):
+    def __init__(self, engine, service, amqp_uri, interval=0.5, batch=200, config=None,
+                 policy=None):
         self.engine = engine
         self.service = service
         self.interval = interval
         self.batch = batch
-        self.retention = retention
         self.policy = policy or RelayPolicy()
         self.exchange = get_event_exchange(service, config or {})
         self.outbox = _tables(service)[0]
         self.publisher = ConfirmedPublisher(amqp_uri, timeout=self.policy.confirm_timeout)
         self._wake = threading.Event()
         self._running = False
-        self._last_prune = 0.0
         self._last_count = 0.0
         self.published = 0
         self.failed = 0
@@ -276,11 +292,6 @@ class Relay:
         self.pending, self.parked = pending, parked
         self._last_count = time.monotonic()
 
-    def prune(self):
-        cutoff = utcnow() - self.retention
-        with self.engine.begin() as conn:
-            conn.execute(self.outbox.delete().where(self.outbox.c.sent_at < cutoff))
-
     def backlog(self):
         """The counts for health and metrics (None until first counted)."""
         return {"pending": self.pending, "parked": self.parked}
@@ -314,8 +325,6 @@ class Relay:
         self.publisher.close()
 
     def _housekeeping(self):
+        # sent rows are purged by each service's retention task (shared.retention)
         if time.monotonic() - self._last_count > COUNT_EVERY:
             self.count()
-        if time.monotonic() - self._last_prune > 3600:
-            self._last_prune = time.monotonic()
-            self.prune()

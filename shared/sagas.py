@@ -39,7 +39,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import sessionmaker
 
 from shared import config as cfg
-from shared import tracing
+from shared import tasks, tracing
 from shared.backoff import HALF_JITTER, NO_JITTER, Backoff
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY
 from shared.db import UnitOfWork
@@ -106,9 +106,11 @@ class RpcAction:
 
 @dataclass(frozen=True)
 class TaskAction:
-    """Dispatch the task ``name`` with the payload ``payload(saga)`` through the provider's
-    task adapter, inside the unit of work that records the step: dispatched exactly when the
-    step is recorded done. The adapter is ``dispatch(uow, name, payload, key)``."""
+    """Dispatch the task ``name`` with the payload ``payload(saga)``, in a unit of work of
+    the step, under the step's idempotency key (``shared.tasks.saga_step``): a step retried
+    after a crash sends the same task id, which its handler acts on once. The step is done
+    when the task is dispatched, not when it has run. Another dispatcher,
+    ``dispatch(uow, name, payload, key)``, may be given to ``Sagas(task_dispatcher=...)``."""
 
     name: str
     payload: Callable | None = None
@@ -315,7 +317,9 @@ class Sagas(DependencyProvider):
         if len(set(names)) != len(names):
             raise SagaDefinitionError(f"two sagas share a name in {names}")
         self.definitions = {d.name: d for d in definitions}
-        self.task_dispatcher = task_dispatcher
+        # by default through the kernel's tasks (shared.tasks.saga_step): another one is for
+        # tests, or a service that sends its steps' work some other way
+        self.task_dispatcher = task_dispatcher or tasks.saga_step
         self.rpc = None
         self._waiters = {}
         self._running = False
@@ -613,9 +617,6 @@ class Sagas(DependencyProvider):
             if isinstance(action, LocalAction):
                 result = action.function(uow, view, key)
             else:
-                if self.task_dispatcher is None:
-                    raise RuntimeError(f"saga step {step.name} dispatches a task but "
-                                       "this service has no task adapter")
                 result = self.task_dispatcher(uow, action.name, call, key)
             uow.commit()
         return result

@@ -8,8 +8,6 @@ service handles it, in the handler it declares::
 
         @task("audit.export.generate", max_attempts=3)
         def generate_export(self, task):
-            if not self.db.claim(task):      # a redelivery of a task already done: skip
-                return
             ...                              # task["data"], task["attempt"], task["actor"]
             self.db.commit()                 # the effect and the dedupe mark commit together
 
@@ -19,6 +17,18 @@ service handles it, in the handler it declares::
 and anyone dispatches it *inside a unit of work*: ``self.db.dispatch("audit.export.generate",
 {"filters": ...}, delay=seconds | eta=datetime)`` writes the task to the outbox; the relay
 sends it once the unit commits (no task without its change, no change without its task).
+
+The kernel deduplicates on ``task_id``: before the handler runs, it records the task in the
+service's ``processed_events`` inside the handler's own unit of work (the service's first
+``Database``), so the mark commits with the handler's effects or rolls back with them. A
+redelivery of a task already done is acknowledged without running the handler (counted in
+``plinth_task_duplicates_total``). When the handler returns, what it left uncommitted in its
+unit of work is committed with the mark; when it raises, what it left is rolled back and the
+mark removed even if the handler committed it already (a failed attempt is not done, so its
+retry runs). Handlers that still call ``self.db.claim(task)`` get True. A handler that
+commits more than once is marked done by its first commit: if a crash past that commit must
+lead to a second run, it declares ``dedupe=False`` and keeps its own mark (audit's export
+keeps the export's status). A service without a ``Database`` is not deduplicated.
 
 Dispatch refuses, before writing anything, with ``UnknownTask`` a malformed name, a name of
 the dispatching service that no handler declares, or another service's task not listed in
@@ -91,9 +101,9 @@ from shared.task_queues import (
 )
 
 __all__ = ["task", "TaskEntrypoint", "TaskConsumer", "UnknownTask", "InvalidTaskData",
-           "add", "envelope", "check_name", "saga_step", "define_tables", "task_queue",
-           "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
-           "CONFIG_PREFIX"]
+           "add", "envelope", "check_name", "saga_step", "task_id_for", "define_tables",
+           "task_queue", "TaskTopology", "DELAY_LEVELS_MS", "ETA_HEADER", "MAX_DATA_BYTES_KEY",
+           "CONFIG_PREFIX", "deduplicated", "DUPLICATE"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +118,7 @@ NAME = re.compile(r"^([a-z][a-z0-9_]{0,39})\.([a-z][a-z0-9_]{0,39})\.([a-z][a-z0
 SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|hash)",
                          re.IGNORECASE)
 
+KEYED_TASKS = uuid.UUID("6f0c6a4e-3b1d-5c1e-9a57-0d2b8f1e7c42")  # namespace of keyed task ids
 _DECLARED = {}  # service name -> task names of the handlers this process imported
 _TABLES = {}
 
@@ -123,6 +134,29 @@ class InvalidTaskData(Invalid):
 # rebuilt as themselves when they cross RPC (see shared.errors)
 for _cls in (UnknownTask, InvalidTaskData):
     _nameko_remote_errors[f"{__name__}.{_cls.__name__}"] = _cls
+
+
+DUPLICATE = type("Duplicate", (), {"__repr__": lambda self: "DUPLICATE"})()
+"""What a deduplicated handler returns for a task done before (its handler did not run)."""
+
+
+def deduplicated(uow, handler):
+    """``handler(task)`` behind the kernel's claim of the task in ``uow``, its unit of work
+    (``UnitOfWork.claim_task``): ``DUPLICATE`` without running it when the task was done
+    before; otherwise its result, with what it left in ``uow`` committed."""
+
+    def run(task, *args, **kwargs):
+        if not uow.claim_task(task):
+            return DUPLICATE
+        try:
+            result = handler(task, *args, **kwargs)
+        except BaseException:
+            uow.release_claim()  # a failed attempt is not done, whatever it committed
+            raise
+        uow.settle_claim()
+        return result
+
+    return run
 
 
 class PoisonTask(Exception):
@@ -215,11 +249,17 @@ def _due(delay, eta, now):
     return None
 
 
-def envelope(service, name, data, context_data, due=None, actor=None):
+def task_id_for(service, name, key):
+    """The task id of ``service``'s dispatch of ``name`` under the idempotency ``key``: the
+    same three give the same id, so the kernel's dedupe on ``task_id`` holds across retries."""
+    return str(uuid.uuid5(KEYED_TASKS, f"{service}\n{name}\n{key}"))
+
+
+def envelope(service, name, data, context_data, due=None, actor=None, task_id=None):
     """The task as its handler sees it (``attempt`` is set on delivery)."""
     actor = actor or actor_from(context_data)
     return {
-        "task_id": str(uuid.uuid4()),
+        "task_id": task_id or str(uuid.uuid4()),
         "task_type": name,
         "source": service,
         "version": outbox.ENVELOPE_VERSION,
@@ -233,26 +273,38 @@ def envelope(service, name, data, context_data, due=None, actor=None):
 
 
 def add(session, service, name, data=None, context_data=None, delay=None, eta=None,
-        trace_context=None):
+        key=None, trace_context=None):
     """Validate the task and write it to ``service``'s outbox in ``session``'s transaction.
 
     ``UnitOfWork.dispatch`` is the usual way in. Raises ``UnknownTask`` / ``InvalidTaskData``
-    with nothing written. ``trace_context``: the writer's (shared.tracing), so the task's
-    handler joins its trace.
+    with nothing written. With an idempotency ``key`` the task id is derived from it
+    (``task_id_for``) and a task of that id still in the outbox is not written again: the
+    envelope written the first time is returned. ``trace_context``: the writer's
+    (shared.tracing), so the task's handler joins its trace.
     """
     check_name(service, name)
     data = _check_data(data)
     due = _due(delay, eta, outbox.utcnow())
-    env = envelope(service, name, data, context_data or {}, due)
+    task_id = None
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise InvalidTaskData("an idempotency key must be a non-empty string",
+                                  {"key": ["not a string"]})
+        task_id = task_id_for(service, name, key)
+        earlier = outbox.find(session, service, task_id)
+        if earlier is not None:
+            return earlier
+    env = envelope(service, name, data, context_data or {}, due, task_id=task_id)
     outbox.add(session, service, env, trace_context)
     return env
 
 
 def saga_step(uow, name, payload, key):
-    """A task adapter for ``shared.sagas.Sagas(..., task_dispatcher=tasks.saga_step)``: the
-    step's task is dispatched in the unit of work that records the step done (so exactly
-    once); ``key`` (saga id and step) is already unique to that unit and is not sent."""
-    env = uow.dispatch(name, payload)
+    """How a saga's task step is dispatched (``shared.sagas.TaskAction``; the orchestrator's
+    default): in the step's unit of work, under the step's idempotency ``key``, so a step
+    retried after a crash dispatches the same task id again: not written twice while the
+    first is in the outbox, not acted on twice after (the kernel's dedupe)."""
+    env = uow.dispatch(name, payload, key=key)
     return {"task_id": env["task_id"], "task_type": name}
 
 
@@ -297,6 +349,9 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             ["task", "reason"])
         self.completed = self.metrics.counter(
             "plinth_task_completed", "Tasks whose handler returned", ["task"])
+        self.duplicates = self.metrics.counter(
+            "plinth_task_duplicates", "Deliveries of tasks done before: acknowledged, their "
+            "handler not run", ["task"])
         for state, text in (("ready", "waiting in the task queue"),
                             ("in_flight", "being handled by this instance"),
                             ("retrying", "waiting in the delay queues (retries, delayed tasks)"),
@@ -386,7 +441,13 @@ class TaskConsumer(SharedExtension, ProviderCollector):
     def _handle_result(self, message, entrypoint, task, worker_ctx, result, exc_info):
         self.in_flight -= 1
         if exc_info is None:
-            self.completed.labels(entrypoint.name).inc()
+            if result is DUPLICATE:
+                self.duplicates.labels(entrypoint.name).inc()
+                log.info("task %s %s was done before: acknowledged without running it",
+                         task["task_type"], task["task_id"])
+                result = None
+            else:
+                self.completed.labels(entrypoint.name).inc()
             self.queue_consumer.ack_message(message)
             return result, exc_info
         exc = exc_info[1]
@@ -542,13 +603,14 @@ def _context_of(message):
 
 
 class TaskEntrypoint(Entrypoint):
-    """``@task("<service>.<entity>.<request>", max_attempts=None, every=None)``: the handler
-    of one task of this service (see the module docstring). ``every``: seconds between two
-    runs of a periodic task across all the service's instances."""
+    """``@task("<service>.<entity>.<request>", max_attempts=None, every=None, dedupe=True)``:
+    the handler of one task of this service (see the module docstring). ``every``: seconds
+    between two runs of a periodic task across all the service's instances. ``dedupe=False``:
+    no kernel claim; the handler keeps its own mark (see the module docstring)."""
 
     consumer = TaskConsumer()
 
-    def __init__(self, name, max_attempts=None, every=None, **kwargs):
+    def __init__(self, name, max_attempts=None, every=None, dedupe=True, **kwargs):
         if not isinstance(name, str) or not NAME.match(name):
             raise ValueError(f"{name!r} is not a task name (<service>.<entity>.<request>)")
         if every is not None and not (isinstance(every, int | float) and every > 0):
@@ -556,6 +618,7 @@ class TaskEntrypoint(Entrypoint):
         self.name = name
         self.max_attempts = max_attempts
         self.every = every
+        self.dedupe = dedupe
         # declared when the handler's code is imported, so that any process holding it (a
         # script, a test) may dispatch the task, not only a running container
         _DECLARED.setdefault(name.split(".", 1)[0], set()).add(name)

@@ -1,6 +1,7 @@
 """`make service NAME=…` end to end: generate a service into a copy of the repository, run its
 generated tests, start it with `nameko run` beside the platform, call its route through the
-gateway and find its event in the audit trail — with no code change anywhere else."""
+gateway and find its event in the audit trail, run its example saga whose task step publishes
+the item in the real process — with no code change anywhere else."""
 
 import os
 import subprocess
@@ -156,3 +157,30 @@ def test_its_route_answers_through_the_gateway_and_its_event_reaches_audit(platf
     elapsed = time.monotonic() - started
     print(f"\nmake service {NAME}: generated, tested and serving through the gateway in "
           f"{elapsed:.0f} s")
+
+
+def test_its_saga_runs_and_its_task_publishes_the_item_in_the_real_process(platform):
+    token = platform.admin_token()
+    created = platform.http.post(platform.url(f"/api/v1/{NAME}/items"), json={"name": "saga"},
+                                 headers=bearer(token))
+    assert created.status_code == 201, created.text
+    item = created.json()
+    saga = platform.rpc_client().call(NAME, "publish_item", [item["id"]])
+    assert saga["status"] == "completed", saga
+
+    def published():
+        read = platform.http.get(platform.url(f"/api/v1/{NAME}/items/{item['id']}"),
+                                 headers=bearer(token))
+        return read.json()["status"] == "published"
+
+    wait_until(published, timeout=15, message="the saga's task to publish the item")
+
+    def audited():
+        response = platform.http.get(platform.url("/api/v1/audit/events"),
+                                     params={"service": NAME, "action": "item.published"},
+                                     headers=bearer(token))
+        return [e for e in response.json()["items"] if e["subject"] == item["id"]]
+
+    wait_until(audited, timeout=15, message="the item.published audit entry")
+    ready = platform.http.get(platform.service_url(NAME, "/health/ready"), timeout=5).json()
+    assert ready["tasks"]["queue"] == f"{NAME}.tasks"

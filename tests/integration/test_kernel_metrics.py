@@ -22,11 +22,11 @@ def _samples(text):
 
 def test_metrics_readiness_and_health_show_the_outbox_backlog(start_service, fresh_pg_uri):
     container = start_service(IdentityService, DB_URI=fresh_pg_uri, OUTBOX_MAX_ATTEMPTS=1,
-                              OUTBOX_MAX_EVENT_BYTES=100)
+                              OUTBOX_MAX_EVENT_BYTES=400)  # the retention task fits
     engine = make_engine(fresh_pg_uri, "identity")
     table = IdentityBase.metadata.tables["identity.outbox"]
     with engine.begin() as conn:  # an event too large to publish: parked after one attempt
-        env = outbox.envelope("identity", "thing.huge", "s", {"blob": "x" * 200}, {})
+        env = outbox.envelope("identity", "thing.huge", "s", {"blob": "x" * 600}, {})
         conn.execute(table.insert().values(event_id=env["event_id"], event_type="thing.huge",
                                            payload=env, created_at=outbox.utcnow(), attempts=0))
     deadline = time.monotonic() + 10

@@ -262,3 +262,21 @@ def test_an_unknown_task_or_bad_data_is_refused_at_dispatch_with_nothing_written
         assert rpc.call("probe", "tally", [subject]) == 0  # the change did not commit either
     finally:
         engine.dispose()
+
+
+def test_a_task_delivered_twice_runs_once_though_its_handler_neither_claims_nor_commits(
+        start_service, rpc, cli_broker):
+    container = start_service(TaskProbe)
+    subject = f"twice-{uuid.uuid4().hex[:8]}"
+    env = rpc.call("probe", "dispatch", ["probe.tally.bump", {"subject": subject}])
+    until(lambda: rpc.call("probe", "tally", [subject]) == 1, what="the first delivery")
+    with Connection(cli_broker) as conn:  # the same envelope again, as a redelivery brings it
+        channel = conn.channel()
+        channel.basic_publish(channel.prepare_message(
+            json.dumps(env).encode(), content_type="application/json",
+            properties={"message_id": env["task_id"]}), exchange="", routing_key="probe.tasks")
+    address = container.config["WEB_SERVER_ADDRESS"]
+    until(lambda: _metric(address, 'plinth_task_duplicates_total{task="probe.tally.bump"}') == 1,
+          what="the duplicate")
+    assert rpc.call("probe", "tally", [subject]) == 1
+    assert len(calls("probe.tally.bump", env["task_id"])) == 1

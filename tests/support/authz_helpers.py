@@ -69,10 +69,11 @@ def wait_until(probe, timeout=5.0, interval=0.02):
 
 
 def outbox_events(engine, event_type=None):
-    """authz's queued events (payloads), oldest first."""
+    """authz's queued events (payloads), oldest first (its tasks left out)."""
     query = "SELECT payload FROM {schema}outbox ORDER BY id"
     schema = "" if engine.dialect.name == "sqlite" else "authz."
     with engine.connect() as conn:
         rows = conn.execute(sa.text(query.format(schema=schema))).scalars().all()
     payloads = [row if isinstance(row, dict) else json.loads(row) for row in rows]
-    return [p for p in payloads if event_type in (None, p["event_type"])]
+    return [p for p in payloads
+            if "event_type" in p and event_type in (None, p["event_type"])]

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from identity.provisioning import PROVISION_USER, answer
-from shared import sagas
+from shared import sagas, tasks
 from shared.errors import Invalid, NotFound, Unavailable
 from shared.sagas import (
     COMPENSATED,
@@ -186,15 +186,36 @@ def test_a_task_step_dispatches_through_the_adapter_inside_the_steps_unit_of_wor
     assert dispatched == [("billing.invoice.send", {"to": "ann"}, "s1:notify")]
 
 
-def test_a_task_step_without_an_adapter_is_an_error_not_a_silent_skip():
-    saga = Saga("demo", steps=[Step("notify", TaskAction("billing.invoice.send"))])
-    runner = sagas.Sagas(saga)
-    runner.service = "demo"
-    runner.sessions = sessionmaker(bind=sa.create_engine("sqlite://"))
+def test_a_task_step_goes_through_the_kernels_tasks_once_per_idempotency_key(tmp_path):
+    from shared import outbox
+    from shared.db import make_engine
+    from tests.support.probe import tasks_service  # declares probe.tally.count
+    from tests.support.probe.models import Base
+
+    engine = make_engine(f"sqlite:///{tmp_path}/probe.db", "probe")
+    Base.metadata.create_all(engine)
+    saga = Saga("demo", steps=[Step("count", TaskAction(
+        "probe.tally.count", payload=lambda saga: {"subject": saga["input"]["subject"]}))])
+    runner = sagas.Sagas(saga)  # no adapter given: the kernel's
+    runner.service = "probe"
+    runner.sessions = sessionmaker(bind=engine)
     runner._wake_relay = lambda: None
-    runner._context_of = lambda saga_id: {}
-    with pytest.raises(RuntimeError, match="no task adapter"):
-        runner._call("s1", saga.steps[0], saga.steps[0].action, {}, "s1:notify", {})
+    runner._context_of = lambda saga_id: {"request_id": "r-1"}
+    step = saga.steps[0]
+    view = {"id": "s1", "input": {"subject": "saga"}, "results": {}, "partial": {}}
+    call = step.action.calls(view)[0]
+    # the same step retried after a crash, before its record: the same task, written once
+    first, again = (runner._call("s1", step, step.action, call, "s1:count", view)
+                    for _ in range(2))
+    other = runner._call("s2", step, step.action, call, "s2:count", view)
+    assert first == again and first["task_type"] == "probe.tally.count"
+    assert first["task_id"] == tasks.task_id_for("probe", "probe.tally.count", "s1:count")
+    assert other["task_id"] != first["task_id"]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(outbox.tables("probe")[0].c.payload)).scalars().all()
+    assert sorted(r["task_id"] for r in rows) == sorted([first["task_id"], other["task_id"]])
+    assert rows[0]["data"] == {"subject": "saga"} and tasks_service.TaskProbe.name == "probe"
+    engine.dispose()
 
 
 def test_the_provisioning_answer_names_the_failing_role_and_the_saga():

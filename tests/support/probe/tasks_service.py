@@ -9,6 +9,7 @@ from shared import service as kernel
 from shared.db import Database
 from shared.errors import Invalid
 from shared.rpc import rpc
+from shared.sagas import LocalAction, Saga, Sagas, Step, TaskAction
 from shared.tasks import task
 from tests.support.probe.models import Base, Tally
 from tests.support.probe.service import MIGRATIONS
@@ -34,10 +35,8 @@ class TaskProbe(kernel.ServiceBase):
         CALLS.append((task["task_type"], task["task_id"], task["attempt"], time.monotonic()))
 
     @task("probe.tally.count")
-    def count(self, task):
+    def count(self, task):  # no claim: the kernel deduplicates on task_id before this runs
         self._note(task)
-        if not self.db.claim(task):
-            return
         self._count(task["data"]["subject"])
         self.db.commit()
         marker = task["data"].get("marker")
@@ -73,10 +72,19 @@ class TaskProbe(kernel.ServiceBase):
         self._note(task)
         raise Invalid("the task names no such thing", {"thing": ["unknown"]})
 
+    @task("probe.tally.bump")
+    def bump(self, task):  # neither claim nor commit: the kernel commits both when it returns
+        self._note(task)
+        self._count(task["data"]["subject"])
+
+    @task("probe.thing.noop")
+    def noop(self, task):  # the benchmark's handler: only the kernel's work (claim, commit)
+        pass
+
     @task("probe.clock.tick", every=1)
     def tick(self, task):
         self._note(task)
-        if self.db.claim(task):
+        if self.db.claim(task):  # the old style: still works (the kernel claimed it already)
             self._count(f"tick-{task['data']['slot']}")
             self.db.commit()
 
@@ -103,3 +111,23 @@ class TaskProbe(kernel.ServiceBase):
 
         rows = self.db.session.execute(select(Tally).where(Tally.subject.like(f"{prefix}%")))
         return {row.subject: row.count for (row,) in rows}
+
+
+def _first_step(uow, saga, key):
+    return {"key": key}
+
+
+TWO_STEPS = Saga("two_steps", steps=[
+    Step("first", LocalAction(_first_step)),
+    Step("second", TaskAction("probe.thing.noop")),  # done once the task is dispatched
+])
+
+
+class SagaProbe(TaskProbe):
+    """The task probe with a two-step saga (a local step, then a task): the tasks benchmark."""
+
+    sagas = Sagas(TWO_STEPS)
+
+    @rpc
+    def start_sagas(self, count):
+        return [self.sagas.start("two_steps", {"n": n})["id"] for n in range(count)]
