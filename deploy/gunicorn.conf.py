@@ -157,13 +157,14 @@ def post_worker_init(worker):
         from gateway.app import warm_up
 
         started = time.monotonic()
+        keys = False
         try:
-            warm_up(app)
+            keys = warm_up(app)
         except Exception as exc:  # noqa: BLE001 - the app retries at its first request
             worker.log.warning("gateway warm-up failed: %s: %s", type(exc).__name__, exc)
         # one line per worker, once it takes requests: readiness probes reach only one of them
         worker.log.info("gateway worker ready", extra={
-            "event": "worker_ready", "pid": worker.pid,
+            "event": "worker_ready", "pid": worker.pid, "keys_loaded": bool(keys),
             "warm_up_ms": round((time.monotonic() - started) * 1000, 1)})
 
 

@@ -4,6 +4,7 @@ rate limits, errors, metrics, docs and health into one Flask app."""
 import logging
 import os
 import threading
+import time
 
 from flask import Flask, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -257,9 +258,16 @@ def create_app(config=None):
 def warm_up(app, timeout=5.0):
     """Connect and load auth's keys now rather than at the first request (best effort)."""
     state = app.extensions["plinth"]
+    deadline = time.monotonic() + timeout
     state.ensure_started()
     state.rpc.connected(wait=timeout)
-    if not state.jwks.loaded:
+    # a worker that takes requests without keys answers 503 to every bearer: keep trying (auth
+    # may still be starting, or slow under load) until the warm-up's budget is spent
+    while not state.jwks.loaded:
         state.jwks.refresh(force=True)
+        if state.jwks.loaded or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     if state.sessions is not None:
         state.sessions.wait_synced(timeout)
+    return state.jwks.loaded

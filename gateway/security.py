@@ -72,6 +72,10 @@ def bearer_token(header):
     return token
 
 
+# how soon a failed fetch is retried while no key set has been loaded yet (seconds)
+UNLOADED_RETRY_INTERVAL = 0.5
+
+
 class Jwks:
     def __init__(self, fetch, algorithms, refetch_interval=5.0, max_age=300.0):
         self._fetch = fetch
@@ -106,8 +110,11 @@ class Jwks:
             if self._last_attempt != attempted:
                 return False  # another thread fetched while this one waited
             now = time.monotonic()
-            if not force and self._last_attempt is not None and \
-                    now - self._last_attempt < self.refetch_interval:
+            # with no keys at all every request fails, so a failed first fetch is retried
+            # sooner than the refetch interval that spares auth once keys are loaded
+            quiet = self.refetch_interval if self.loaded else \
+                min(self.refetch_interval, UNLOADED_RETRY_INTERVAL)
+            if not force and self._last_attempt is not None and now - self._last_attempt < quiet:
                 return False
             self._last_attempt = now
             try:

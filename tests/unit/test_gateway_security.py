@@ -139,6 +139,33 @@ def test_an_unknown_kid_refetches_at_most_once_per_interval(rsa_keys):
     assert fetcher.calls == 2
 
 
+def test_a_failed_first_fetch_is_retried_soon_not_after_the_refetch_interval(rsa_keys):
+    """A worker whose warm-up could not reach auth has no keys: every bearer request would be
+    a 503 for the whole refetch interval. Without keys it retries after a short pause."""
+    from gateway.security import UNLOADED_RETRY_INTERVAL
+    from shared.errors import Unavailable
+
+    fetcher = Fetcher(rsa_keys)
+    fetcher.error = Unavailable("auth is starting")
+    validator = validator_for(fetcher, refetch_interval=30.0)
+    token = rsa_keys.token()
+    with pytest.raises(Unavailable):
+        validator.validate(token)
+    with pytest.raises(Unavailable):
+        validator.validate(token)
+    assert fetcher.calls == 1  # not a fetch per request while auth is down
+    fetcher.error = None
+    time.sleep(UNLOADED_RETRY_INTERVAL + 0.05)
+    assert validator.validate(token).user_id
+    assert fetcher.calls == 2
+    # once loaded, the refetch interval applies again
+    stranger = TestKeys("RS256")
+    assert reason(validator, stranger.token()) == "unknown_key"
+    time.sleep(UNLOADED_RETRY_INTERVAL + 0.05)
+    assert reason(validator, stranger.token()) == "unknown_key"
+    assert fetcher.calls == 2
+
+
 def test_a_rotated_key_is_picked_up_on_its_first_token(rsa_keys):
     fetcher = Fetcher(rsa_keys)
     validator = validator_for(fetcher, refetch_interval=0.0)
