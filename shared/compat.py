@@ -37,6 +37,7 @@ from nameko.exceptions import UnserializableValueError, serialize
 from nameko.messaging import QueueConsumer
 from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
 
+from shared.queues import apply_queue_type
 from shared.replies import ReplySender
 
 __all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path", "RawQueueConsumer",
@@ -128,6 +129,7 @@ class KeptConnectionRpcConsumer(RpcConsumer):
     def setup(self):
         check_nameko_reply_path()
         super().setup()
+        apply_queue_type(self.queue)  # rpc-<service>: quorum under AMQP_QUEUE_TYPE=quorum
         config = self.container.config
         # TLS and custom logins keep nameko's own reply path, which knows how to use them
         if not config.get(AMQP_SSL_CONFIG_KEY) and not config.get(LOGIN_METHOD_CONFIG_KEY):

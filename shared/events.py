@@ -18,6 +18,7 @@ import time
 from nameko import events as nameko_events
 
 from shared.metrics import MetricsRegistry
+from shared.queues import apply_queue_type
 from shared.redelivery import Redelivery, RetryPolicy
 
 __all__ = ["EventHandler", "event_handler", "CONFIG_PREFIX"]
@@ -45,6 +46,7 @@ class EventHandler(nameko_events.EventHandler):
 
     def setup(self):
         super().setup()
+        apply_queue_type(self.queue)  # a shared (SERVICE_POOL) handler queue may be quorum
         self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
         self.retries = self.metrics.counter(

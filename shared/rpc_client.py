@@ -16,13 +16,13 @@ import select
 import threading
 import time
 import uuid
-from urllib.parse import unquote, urlparse
 
 import amqp
 from nameko.exceptions import deserialize
 
 import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
 from shared.backoff import NO_JITTER, Backoff
+from shared.broker_nodes import Nodes, amqp_connection_params  # noqa: F401 - re-exported
 from shared.errors import Unavailable
 
 __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
@@ -57,33 +57,13 @@ class _Pending:
         self.error = None
 
 
-def amqp_connection_params(amqp_uri, connect_timeout):
-    """py-amqp ``Connection`` arguments for ``amqp_uri``: no heartbeats, no blocked notices."""
-    url = urlparse(amqp_uri)
-    vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
-    return dict(
-        host=f"{url.hostname or 'localhost'}:{url.port or 5672}",
-        userid=unquote(url.username or "guest"),
-        password=unquote(url.password or "guest"),
-        virtual_host=vhost or "/",
-        connect_timeout=connect_timeout,
-        heartbeat=0,
-        # Without connection.blocked, py-amqp's basic_publish does not read from the socket
-        # (it drains events to look for blocked notices), so only the reader thread reads.
-        client_properties={"capabilities": {
-            "publisher_confirms": True, "exchange_exchange_bindings": True,
-            "basic.nack": True, "consumer_cancel_notify": True,
-            "authentication_failure_close": True, "per_consumer_qos": True,
-        }},
-    )
-
-
 class RpcClient:
     def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None):
         self.amqp_uri = amqp_uri
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.name = name or f"rpc.reply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._nodes = Nodes(amqp_uri, connect_timeout)
         self._pending = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -99,12 +79,12 @@ class RpcClient:
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self):
-        params = amqp_connection_params(self.amqp_uri, self.connect_timeout)
         # Two connections so that each socket is used by one thread at a time: py-amqp is not
         # thread-safe. The reader thread alone reads ``sub``; callers publish on ``pub`` under
-        # the write lock and read its returns (unroutable calls) there too.
-        sub = amqp.Connection(**params)
-        sub.connect()
+        # the write lock and read its returns (unroutable calls) there too. Both go to the
+        # same node, the first of AMQP_URI's that answers.
+        sub = self._nodes.connect()
+        params = self._nodes.current
         channel = sub.channel()
         channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
         channel.queue_declare(self.name, exclusive=True, auto_delete=True)
@@ -178,6 +158,7 @@ class RpcClient:
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
                 if not self._closed:
                     log.warning("rpc client lost the broker: %s: %s", type(exc).__name__, exc)
+                    self._nodes.failed()  # reconnect through another node first
                 self._disconnect(exc)
         # closed: the reader closes its own sockets, so no other thread touches them meanwhile
         self._disconnect(None)

@@ -12,8 +12,9 @@ largest level not beyond what is left; it hops again on arrival until it is due.
 import time
 from datetime import datetime
 
-from kombu import Exchange, Queue
+from kombu import Exchange
 
+from shared.queues import durable_queue
 from shared.redelivery import DELAY_HEADER
 
 __all__ = ["TaskTopology", "task_queue", "publish", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
@@ -28,7 +29,7 @@ RUN_WITHIN_MS = 50  # a task this close to its time runs now rather than waiting
 
 def task_queue(service):
     """The durable queue that holds ``service``'s tasks."""
-    return Queue(f"{service}.tasks", durable=True, auto_delete=False)
+    return durable_queue(f"{service}.tasks")
 
 
 class TaskTopology:
@@ -40,9 +41,9 @@ class TaskTopology:
         self.delay_exchange = Exchange(f"{service}.tasks.delay", type="headers", durable=True)
 
     def delay_queue(self, ms):
-        return Queue(
-            f"{self.service}.tasks.delay.{ms}", exchange=self.delay_exchange, durable=True,
-            auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
+        return durable_queue(
+            f"{self.service}.tasks.delay.{ms}", exchange=self.delay_exchange,
+            binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
             queue_arguments={"x-message-ttl": ms, "x-dead-letter-exchange": ""})
 
     @staticmethod

@@ -23,7 +23,10 @@ takes a few seconds)::
 
 Options: ``services`` (which of identity, auth, authz, audit; default all), ``gateway``
 (start it; default True), ``env`` (extra environment for every process), ``service_env``
-(``{"auth": {...}}`` per service), ``gateway_env``, ``workers`` / ``threads`` (gunicorn),
+(``{"auth": {...}}`` per service), ``gateway_env``, ``broker`` (a
+``tests.support.rabbit_cluster.RabbitCluster``, or anything with ``amqp_uri(vhost)``,
+``add_vhost`` and ``delete_vhost``: the platform's vhost is made there and every process
+gets its multi-node ``AMQP_URI``; default the local node), ``workers`` / ``threads`` (gunicorn),
 ``admin_email`` / ``admin_password`` (the bootstrap admin authz creates), ``routes`` (route
 files of feature services the test starts itself: the gateway serves the core routes and
 these only, never the repository's config/routes.d, whose services a platform does not start
@@ -125,7 +128,7 @@ class Platform:
     def __init__(self, services=SERVICES, gateway=True, env=None, service_env=None,
                  gateway_env=None, workers=2, threads=4, admin_email=ADMIN_EMAIL,
                  admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform",
-                 routes=()):
+                 routes=(), broker=None):
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}")
@@ -142,7 +145,9 @@ class Platform:
         self.run_id = f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
         self.run_dir = E2E_DIR / self.run_id
         self.vhost = f"plinth_e2e_{uuid.uuid4().hex[:10]}"
-        self.amqp_uri = f"{RABBIT_AMQP}/{quote(self.vhost, safe='')}"
+        self.broker = broker
+        self.amqp_uri = (broker.amqp_uri(self.vhost) if broker is not None
+                         else f"{RABBIT_AMQP}/{quote(self.vhost, safe='')}")
         self.db_uri = None
         self.processes = {}
         self.http = requests.Session()
@@ -160,7 +165,10 @@ class Platform:
         _prune_runs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _create_vhost(self.vhost)
+            if self.broker is not None:
+                self.broker.add_vhost(self.vhost)
+            else:
+                _create_vhost(self.vhost)
             self.db_uri = _create_database()
             for name in self.services:
                 self._define_service(name)
@@ -189,10 +197,13 @@ class Platform:
         for name in names:
             self._reap(name, max(0.1, deadline - time.monotonic()))
         self.http.close()
-        try:
-            requests.delete(_vhost_api(self.vhost), timeout=10)
-        except requests.RequestException:
-            pass
+        if self.broker is not None:
+            self.broker.delete_vhost(self.vhost)
+        else:
+            try:
+                requests.delete(_vhost_api(self.vhost), timeout=10)
+            except requests.RequestException:
+                pass
         if self.db_uri:
             _drop_database(self.db_uri)
             self.db_uri = None
