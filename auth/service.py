@@ -2,7 +2,6 @@ import functools
 import logging
 from datetime import timedelta
 
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from auth import keys, logins, schemas, sessions, throttle
@@ -13,7 +12,7 @@ from shared.db import Database
 from shared.errors import Conflict
 from shared.events import event_handler
 from shared.retention import Retention, retention_every
-from shared.rpc import call_service, load, rpc
+from shared.rpc import RpcProxy, call_service, load, rpc
 from shared.tasks import task
 
 log = logging.getLogger(__name__)

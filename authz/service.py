@@ -1,7 +1,6 @@
 import logging
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 
 from authz import assignments, effective, roles, schemas
 from authz.bootstrap import BootstrapAdmin
@@ -12,7 +11,7 @@ from shared.errors import NotFound
 from shared.events import event_handler
 from shared.ids import is_uuid
 from shared.retention import Retention, retention_every
-from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
+from shared.rpc import RpcProxy, call_service, load, rpc, rpc_input, rpc_timeout
 from shared.tasks import task
 
 log = logging.getLogger(__name__)
