@@ -77,6 +77,7 @@ class TrailConsumer(DependencyProvider):
     """Consumes the sources' events in batches (see the module docstring)."""
 
     hub = Hub()
+    reads_every_event = True  # deploy/broker_users.py: bound to every service's events
 
     def setup(self):
         config = self.container.config

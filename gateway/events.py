@@ -108,6 +108,7 @@ class EventSubscription:
 
     def _listen(self):
         """One connection: bind a fresh queue, consume until stopped or the link fails."""
+        from amqp.exceptions import NotFound
         from kombu import Connection, Consumer, Queue
         from nameko.standalone.events import get_event_exchange
 
@@ -116,7 +117,12 @@ class EventSubscription:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             exchange = get_event_exchange(self.source, {})
-            exchange(channel).declare()
+            try:
+                # passively: the gateway's broker user may not declare it (deploy/broker_users)
+                exchange(channel).declare(passive=True)
+            except NotFound:  # not there yet: declared by those allowed to
+                channel = conn.channel()
+                exchange(channel).declare()
             self.queue_name = f"{self.queue_prefix}-{self.connections + 1}"
             queue = Queue(self.queue_name, exchange=exchange, routing_key=self.routing_key,
                           exclusive=True, auto_delete=True, durable=False)

@@ -106,7 +106,12 @@ class RpcClient:
         sub = amqp.Connection(**params)
         sub.connect()
         channel = sub.channel()
-        channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
+        try:
+            # passively: a least-privilege broker user may not declare it (deploy/broker_users)
+            channel.exchange_declare(RPC_EXCHANGE, "topic", passive=True)
+        except amqp.exceptions.NotFound:  # not there yet: declared by those allowed to
+            channel = sub.channel()
+            channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
         channel.queue_declare(self.name, exclusive=True, auto_delete=True)
         channel.queue_bind(self.name, RPC_EXCHANGE, routing_key=self.name)
         channel.basic_consume(self.name, callback=self._on_reply, no_ack=True)

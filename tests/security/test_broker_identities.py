@@ -1,0 +1,127 @@
+"""Per-process broker identities: what RabbitMQ refuses to each process's own user.
+
+The platform runs every process as its own RabbitMQ user (tests/support/platform.py), with
+the permissions deploy/broker_users.py derives from the code. Here a process's credential is
+used directly, as an attacker holding it would.
+"""
+
+import io
+import json
+import uuid
+
+import amqp
+import pytest
+from amqp.exceptions import AccessRefused
+
+from deploy import broker_users
+from tests.support.platform import RABBIT_API, platform_fixture
+
+platform = platform_fixture(name="sec-broker")
+
+
+def _connect(platform, name):
+    from shared.rpc_client import amqp_connection_params
+
+    conn = amqp.Connection(**amqp_connection_params(platform.amqp_uri_of(name), 5))
+    conn.connect()
+    return conn
+
+
+def _attempt(platform, name, action):
+    """Run ``action(channel)`` as ``name``'s broker user, then a synchronous call (a refused
+    publish only shows on the channel's next round trip); None, or the refusal."""
+    conn = _connect(platform, name)
+    try:
+        channel = conn.channel()
+        action(channel)
+        channel.basic_qos(0, 1, False)
+        return None
+    except AccessRefused as exc:
+        return exc
+    finally:
+        try:
+            conn.collect()
+        except Exception:  # noqa: BLE001 - the connection is being discarded
+            pass
+
+
+def _publish(exchange, routing_key, body=None):
+    message = amqp.Message(json.dumps(body or {"forged": True}), content_type="application/json")
+    return lambda channel: channel.basic_publish(message, exchange=exchange,
+                                                 routing_key=routing_key)
+
+
+def test_the_gateways_user_cannot_consume_rpc_authz(platform):
+    refused = _attempt(platform, "gateway", lambda ch: ch.basic_consume("rpc-authz"))
+    assert refused is not None and "rpc-authz" in str(refused)
+
+
+def test_the_gateways_user_cannot_publish_on_identity_events(platform):
+    refused = _attempt(platform, "gateway", _publish("identity.events", "user.created"))
+    assert refused is not None and "identity.events" in str(refused)
+
+
+def test_the_gateways_user_cannot_bind_a_queue_of_its_own_to_authzs_requests(platform):
+    queue = f"gateway-snoop-{uuid.uuid4().hex[:8]}"
+
+    def snoop(channel):
+        channel.queue_declare(queue, exclusive=True, auto_delete=True)
+        channel.queue_bind(queue, "nameko-rpc", routing_key="authz.*")
+
+    refused = _attempt(platform, "gateway", snoop)
+    assert refused is not None and "authz.*" in str(refused)
+
+
+def test_the_gateways_user_cannot_reach_a_queue_through_the_default_exchange(platform):
+    refused = _attempt(platform, "gateway", _publish("", "rpc-authz"))
+    assert refused is not None and "amq.default" in str(refused)
+
+
+def test_the_gateways_user_may_publish_the_calls_its_route_table_makes(platform):
+    # the control: the same kind of publish as above goes through for a declared call
+    assert _attempt(platform, "gateway", _publish("nameko-rpc", "auth.jwks")) is None
+    assert _attempt(platform, "gateway", _publish("nameko-rpc", "authz.assign_role")) is None
+
+
+def test_a_services_user_cannot_publish_on_another_services_events(platform):
+    refused = _attempt(platform, "auth", _publish("identity.events", "user.password_changed"))
+    assert refused is not None and "identity.events" in str(refused)
+
+
+def test_a_services_user_cannot_call_a_method_it_does_not_declare(platform):
+    refused = _attempt(platform, "auth", _publish("nameko-rpc", "authz.assign_role"))
+    assert refused is not None and "authz.assign_role" in str(refused)
+    assert _attempt(platform, "auth", _publish("nameko-rpc", "identity.get_user")) is None
+
+
+def test_a_services_user_cannot_consume_another_services_requests(platform):
+    refused = _attempt(platform, "auth", lambda ch: ch.basic_consume("rpc-authz"))
+    assert refused is not None
+
+
+def test_the_drift_check_finds_a_missing_permission_and_apply_restores_it(platform):
+    identities = broker_users.derive(platform.services, platform.run_dir / "routes.d",
+                                     platform.broker_prefix)
+    api = broker_users.ManagementApi(RABBIT_API)
+    assert broker_users.drift(api, platform.vhost, identities, platform.services) == []
+    where = f"{broker_users._q(platform.vhost)}/{broker_users._q(platform.broker_user('auth'))}"
+    api.request("DELETE", f"/topic-permissions/{where}")  # e.g. an operator's slip
+    problems = broker_users.drift(api, platform.vhost, identities, platform.services)
+    assert any("no topic permission on nameko-rpc" in p for p in problems), problems
+    out = io.StringIO()
+    code = broker_users.main(["--check", "--api", RABBIT_API, "--vhost", platform.vhost,
+                              "--prefix", platform.broker_prefix, "--routes-dir",
+                              str(platform.run_dir / "routes.d"),
+                              "--services", ",".join(platform.services)], out=out)
+    assert code == 1 and "drift:" in out.getvalue()
+    broker_users.apply(api, platform.vhost, identities, platform.services)
+    assert broker_users.drift(api, platform.vhost, identities, platform.services) == []
+
+
+@pytest.mark.parametrize("name", ["identity", "auth", "authz", "audit", "gateway"])
+def test_every_process_runs_as_its_own_broker_user(platform, name):
+    import requests
+
+    connections = requests.get(f"{RABBIT_API}/api/connections", timeout=10).json()
+    users = {c.get("user") for c in connections if c.get("vhost") == platform.vhost}
+    assert platform.broker_user(name) in users
