@@ -24,7 +24,9 @@ import threading
 import time
 import uuid
 
+from gateway import metrics
 from shared.backoff import NO_JITTER, Backoff
+from shared.senders import Senders, user_of
 
 __all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
 
@@ -39,6 +41,7 @@ class EventSubscription:
         self.amqp_uri = amqp_uri
         self.source, self.routing_key, self.name = source, routing_key, name
         self.heartbeat = max(1, int(heartbeat))
+        self.senders = Senders({})  # BROKER_USER_PREFIX from the environment
         self.queue_prefix = (f"gateway-{name}-{socket.gethostname()}-{os.getpid()}-"
                              f"{uuid.uuid4().hex[:8]}")
         self.queue_name = None
@@ -86,6 +89,12 @@ class EventSubscription:
 
     def _on_message(self, body, message):
         try:
+            if not self.senders.accepts(user_of(message), self.source):
+                # not from the source's broker identity (shared.senders): dropped, counted
+                self.senders.refuse(f"gateway {self.name}", self.source, user_of(message),
+                                    message.properties.get("message_id"))
+                metrics.EVENTS_DROPPED.labels(self.source).inc()
+                return
             self.received += 1
             self.on_event(body, message.delivery_info.get("routing_key", ""))
         finally:

@@ -10,6 +10,7 @@ or a delivery: every wait ends after ``timeout`` seconds.
 
 import logging
 import threading
+from urllib.parse import unquote, urlsplit
 
 from amqp import exceptions as amqp_errors
 from kombu import Connection, Producer
@@ -39,6 +40,10 @@ class ConfirmedPublisher:
 
     def __init__(self, amqp_uri, timeout=5.0):
         self.amqp_uri = amqp_uri
+        # every message carries its sender's broker user, which RabbitMQ validates
+        # (shared.senders): consumers can tell who published it
+        first = str(amqp_uri or "").split(";", 1)[0].strip()
+        self.user_id = unquote(urlsplit(first).username or "guest")
         self.timeout = timeout
         self._lock = threading.Lock()
         self._connection = None
@@ -60,7 +65,8 @@ class ConfirmedPublisher:
                 producer.publish(body, exchange=exchange, routing_key=routing_key,
                                  headers=headers or {}, delivery_mode=2, mandatory=True,
                                  retry=False, declare=list(declare), timeout=self.timeout,
-                                 confirm_timeout=self.timeout, **properties)
+                                 confirm_timeout=self.timeout, user_id=self.user_id,
+                                 **properties)
             except BaseException:
                 self._close()
                 raise
