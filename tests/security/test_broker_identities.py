@@ -36,7 +36,7 @@ def _attempt(platform, name, action):
         action(channel)
         channel.basic_qos(0, 1, False)
         return None
-    except AccessRefused as exc:
+    except (AccessRefused, amqp.exceptions.PreconditionFailed) as exc:
         return exc
     finally:
         try:
@@ -125,3 +125,75 @@ def test_every_process_runs_as_its_own_broker_user(platform, name):
     connections = requests.get(f"{RABBIT_API}/api/connections", timeout=10).json()
     users = {c.get("user") for c in connections if c.get("vhost") == platform.vhost}
     assert platform.broker_user(name) in users
+
+
+# -- event authenticity (shared.senders) ------------------------------------------------------
+
+def _envelope(event_type, subject, source):
+    return {"event_id": str(uuid.uuid4()), "event_type": event_type, "source": source,
+            "version": 1, "occurred_at": "2026-12-04T00:00:00+00:00",
+            "actor": {"type": "system", "id": "forger"}, "request_id": None,
+            "subject": subject, "data": {"user_id": subject}}
+
+
+def _dropped(platform, name, metric):
+    import requests
+
+    text = requests.get(platform.service_url(name, "/metrics"), timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "_total{"))
+
+
+def test_an_event_with_another_identitys_user_id_is_refused_by_the_broker(platform):
+    # auth's user may publish on its own exchange, but not in identity's name
+    forged = amqp.Message(json.dumps(_envelope("session.revoked", "x", "auth")),
+                          content_type="application/json",
+                          user_id=platform.broker_user("identity"))
+    refused = _attempt(platform, "auth", lambda ch: ch.basic_publish(
+        forged, exchange="auth.events", routing_key="session.revoked"))
+    assert refused is not None and "user_id" in str(refused)
+
+
+
+
+def test_an_event_not_sent_by_its_sources_identity_is_dropped_and_counted(platform):
+    """A publisher allowed on identity.events that is not identity (here the test's own
+    administrative user): auth must not revoke sessions on its word, audit must not record
+    it; both count it."""
+    from tests.support.platform import wait_for
+
+    user, pair = platform.new_user()
+    before = _dropped(platform, "auth", "plinth_events_dropped_sender")
+    from kombu import Connection, Producer
+
+    with Connection(platform.amqp_uri) as conn:  # guest: user_id "guest"
+        Producer(conn.channel()).publish(
+            _envelope("user.password_changed", user["id"], "identity"),
+            exchange="identity.events", routing_key="user.password_changed",
+            serializer="json", user_id="guest", retry=False)
+    wait_for(lambda: _dropped(platform, "auth", "plinth_events_dropped_sender") > before,
+             timeout=15, what="auth to drop the forged event")
+    refreshed = platform.http.post(platform.url("/api/v1/auth/refresh"), timeout=10,
+                                   json={"refresh_token": pair["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text  # the session was not revoked
+
+    def audit_dropped():
+        import requests
+
+        health = requests.get(platform.service_url("audit", "/health"), timeout=10).json()
+        return _find(health, "consumer").get("dropped_sender", 0) >= 1
+
+    wait_for(audit_dropped, timeout=15, what="audit to drop the forged event")
+
+
+def _find(tree, key):
+    """The first value under ``key`` anywhere in a JSON document ({} when none)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    for item in tree if isinstance(tree, list) else ():
+        found = _find(item, key)
+        if found != {}:
+            return found
+    return {}

@@ -1,0 +1,103 @@
+"""deploy/broker_users.py: each process's broker permissions, derived from the code."""
+
+import re
+import uuid
+
+import pytest
+
+from deploy import broker_users
+from gateway.app import SYSTEM_CALLS
+from gateway.routes import load_routes
+from shared.calls import UndeclaredCall
+from shared.rpc import ServiceRpc
+from shared.senders import Senders
+
+
+@pytest.fixture(scope="module")
+def identities():
+    return {i.name: i for i in broker_users.derive(["identity", "auth", "authz", "audit"],
+                                                   routes_dir=None, prefix="p-")}
+
+
+def _matches(pattern, name):
+    return re.fullmatch(pattern, name) is not None
+
+
+def test_a_service_may_publish_only_the_calls_it_declares(identities):
+    write = identities["auth"].topics["nameko-rpc"]["write"]
+    assert _matches(write, "identity.verify_credentials") and _matches(write, "identity.get_user")
+    for forbidden in ("authz.assign_role", "identity.set_password", "identity.get_user.x",
+                      "identity.*", "identity.#"):
+        assert not _matches(write, forbidden), forbidden
+    assert _matches(write, str(uuid.uuid4()))  # a reply to a nameko caller
+
+
+def test_the_sagas_and_the_bootstrap_calls_are_derived_too(identities):
+    identity_calls = identities["identity"].topics["nameko-rpc"]["write"]
+    assert _matches(identity_calls, "authz.assign_role")  # the provisioning saga
+    assert _matches(identity_calls, "authz.unassign_role")  # its compensation
+    authz_calls = identities["authz"].topics["nameko-rpc"]["write"]
+    assert _matches(authz_calls, "identity.create_user")  # the bootstrap administrator
+    assert not _matches(authz_calls, "identity.delete_user")
+
+
+def test_the_gateway_may_publish_every_route_target_and_its_system_calls(identities):
+    write = identities["gateway"].topics["nameko-rpc"]["write"]
+    for route in load_routes(None):
+        if route.target:
+            assert _matches(write, route.target), route.target
+    for service, methods in SYSTEM_CALLS.items():
+        for method in methods:
+            assert _matches(write, f"{service}.{method}")
+    assert not _matches(write, "identity.verify_credentials")  # no route calls it
+    assert not _matches(write, str(uuid.uuid4()))  # the gateway answers no calls
+
+
+def test_a_service_consumes_only_its_own_queues(identities):
+    read = identities["auth"].read
+    for own in ("rpc-auth", "auth.tasks", "auth.dead-letters", f"rpc.reply-auth-{uuid.uuid4()}",
+                "evt-identity-user.deleted--auth.on_user_deleted"):
+        assert _matches(read, own), own
+    for other in ("rpc-authz", "rpc-identity", "authz.tasks", "audit.events",
+                  "evt-identity-user.created--authz.on_user_created", "rpc.reply-authz-x"):
+        assert not _matches(read, other), other
+
+
+def test_the_gateway_may_configure_only_its_reply_and_event_queues(identities):
+    gateway = identities["gateway"]
+    assert _matches(gateway.configure, "rpc.reply-gateway-host-1-2-3")
+    for other in ("nameko-rpc", "authz.events", "rpc-authz", "amq.default"):
+        assert not _matches(gateway.configure, other)
+    assert not _matches(gateway.write, "amq.default")
+    assert gateway.topics["authz.events"]["write"] == broker_users.NOTHING
+
+
+def test_consumers_may_bind_only_the_event_types_they_handle(identities):
+    read = identities["authz"].topics["identity.events"]["read"]
+    assert _matches(read, "user.created") and not _matches(read, "#")
+    assert _matches(identities["audit"].topics["identity.events"]["read"], "#")
+
+
+def test_a_declared_proxy_refuses_a_method_it_did_not_declare():
+    class FakeProxy:
+        def __getattr__(self, name):
+            return f"called {name}"
+
+    from shared.rpc import _DeclaredProxy
+
+    proxy = _DeclaredProxy(FakeProxy(), "identity", frozenset({"get_user"}))
+    assert proxy.get_user == "called get_user"
+    with pytest.raises(UndeclaredCall, match="identity.delete_user"):
+        proxy.delete_user  # noqa: B018 - the attribute access is what is refused
+    assert ServiceRpc("identity", calls=("get_user",)).rpc_calls == {
+        "identity": frozenset({"get_user"})}
+
+
+def test_senders_accept_only_the_sources_identity_or_their_own():
+    senders = Senders({"BROKER_USER_PREFIX": "p-"}, own="auth")
+    assert senders.accepts("p-identity", "identity")
+    assert senders.accepts("p-auth", "identity")  # its own retry or replay
+    assert not senders.accepts("p-authz", "identity")
+    assert not senders.accepts(None, "identity")
+    assert not senders.accepts("guest", "identity")
+    assert Senders({}).accepts(None, "identity")  # one shared credential: nothing to check
