@@ -13,7 +13,8 @@ listed a second time:
 
 From those come RabbitMQ's configure / write / read regexes (its own queues: ``rpc-<svc>``,
 its reply queues, its ``evt-…--<svc>.<method>`` handler queues, ``<svc>.*``: tasks, delay and
-dead-letter queues, its events exchange) and topic permissions: on ``nameko-rpc`` it may
+dead-letter queues, its events and queues exchanges; never the default exchange, through which a
+message reaches any queue) and topic permissions: on ``nameko-rpc`` it may
 publish only ``<service>.<method>`` of the calls it declares (and replies), and bind only its
 own request and reply keys; on an events exchange only the owner publishes, consumers bind
 only the event types they handle.
@@ -38,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+from shared.task_catalogue import KNOWN_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RPC_EXCHANGE = "nameko-rpc"
@@ -139,7 +142,13 @@ def _service_identity(name, services, prefix):
                        "read": _alternatives([re.escape(f"{name}.*"), REPLY_KEY,
                                               rf"rpc\.reply-(saga-)?{re.escape(name)}-.+"])},
         f"{name}.events": {"write": ".*", "read": ".*"},
+        f"{name}.queues": {"write": ".*", "read": ".*"},
     }
+    # the tasks of the catalogue other services accept: straight into their owner's task queue
+    task_owners = sorted({task.split(".", 1)[0] for task in KNOWN_TASKS} - {name})
+    for owner in task_owners:
+        topics[f"{owner}.queues"] = {"write": _alternatives([re.escape(f"{owner}.tasks")]),
+                                     "read": NOTHING}
     for source, events in consumed.items():
         if source != name:
             topics[f"{source}.events"] = {"write": NOTHING, "read": _alternatives(events)}
@@ -147,9 +156,8 @@ def _service_identity(name, services, prefix):
         name, user_name(name, prefix),
         # nameko declares (not passively) nameko-rpc and the events exchanges it binds to
         configure=_alternatives(own + [rpc] + sources),
-        # amq.default: tasks and dead letters are published through the default exchange,
-        # and the delay queues dead-letter into it (docs/security.md, "What is left")
-        write=_alternatives(own + [rpc, re.escape("amq.default")]),
+        # never amq.default: through it a message reaches any queue of the vhost
+        write=_alternatives(own + [rpc] + [re.escape(f"{o}.queues") for o in task_owners]),
         read=_alternatives(own + [rpc] + sources),
         topics=topics)
 
@@ -188,7 +196,8 @@ def derive(services=None, routes_dir=None, prefix=None, gateway=True):
 
 def exchanges(services):
     """The shared exchanges every identity binds to or publishes on, declared up front."""
-    return [RPC_EXCHANGE] + [f"{name}.events" for name in services]
+    return [RPC_EXCHANGE] + [f"{name}.{kind}" for name in services
+                             for kind in ("events", "queues")]
 
 
 # -- the management API -----------------------------------------------------------------------

@@ -133,7 +133,9 @@ class EventSubscription:
                 channel = conn.channel()
                 exchange(channel).declare()
             self.queue_name = f"{self.queue_prefix}-{self.connections + 1}"
-            queue = Queue(self.queue_name, exchange=exchange, routing_key=self.routing_key,
+            # the queue's own declaration must not declare the exchange again (not passively)
+            existing = get_event_exchange(self.source, {"DECLARE_EVENT_EXCHANGES": False})
+            queue = Queue(self.queue_name, exchange=existing, routing_key=self.routing_key,
                           exclusive=True, auto_delete=True, durable=False)
             consumer = Consumer(channel, queues=[queue], callbacks=[self._on_message],
                                 accept=["json"])

@@ -18,7 +18,7 @@ import time
 from nameko import events as nameko_events
 
 from shared.metrics import MetricsRegistry
-from shared.redelivery import Redelivery, RetryPolicy
+from shared.redelivery import Redelivery, RetryPolicy, bound_by_name
 from shared.senders import Senders, user_of
 
 __all__ = ["EventHandler", "event_handler", "CONFIG_PREFIX"]
@@ -46,6 +46,8 @@ class EventHandler(nameko_events.EventHandler):
 
     def setup(self):
         super().setup()
+        # retries come back through the service's queues exchange (shared.redelivery)
+        bound_by_name(self.queue, self.container.service_name)
         self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
         self.retries = self.metrics.counter(

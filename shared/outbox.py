@@ -259,7 +259,8 @@ class Relay:
             sent = tracing.inject({}) if publish is not None else stored
             headers = headers_for(row.payload, sent)
             if "task_id" in row.payload:  # a task goes to its service's task queue
-                routed = task_queues.publish(self.publisher, row.payload, body, headers)
+                routed = task_queues.publish(self.publisher, row.payload, body, headers,
+                                             sender=self.service)
             else:
                 routed = self.publisher.publish(
                     body, exchange=self.exchange, routing_key=row.event_type,

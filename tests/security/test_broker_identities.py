@@ -7,6 +7,7 @@ used directly, as an attacker holding it would.
 
 import io
 import json
+import time
 import uuid
 
 import amqp
@@ -14,7 +15,7 @@ import pytest
 from amqp.exceptions import AccessRefused
 
 from deploy import broker_users
-from tests.support.platform import RABBIT_API, platform_fixture
+from tests.support.platform import RABBIT_API, SERVICES, platform_fixture
 
 platform = platform_fixture(name="sec-broker")
 
@@ -81,6 +82,10 @@ def test_the_gateways_user_may_publish_the_calls_its_route_table_makes(platform)
     # the control: the same kind of publish as above goes through for a declared call
     assert _attempt(platform, "gateway", _publish("nameko-rpc", "auth.jwks")) is None
     assert _attempt(platform, "gateway", _publish("nameko-rpc", "authz.assign_role")) is None
+    # a malformed request without reply_to once killed the service that took it
+    time.sleep(0.5)
+    assert platform.rpc_client().call("authz", "roles_of",
+                                      kwargs={"user_id": str(uuid.uuid4())}) == []
 
 
 def test_a_services_user_cannot_publish_on_another_services_events(platform):
@@ -99,32 +104,52 @@ def test_a_services_user_cannot_consume_another_services_requests(platform):
     assert refused is not None
 
 
-def test_the_drift_check_finds_a_missing_permission_and_apply_restores_it(platform):
-    identities = broker_users.derive(platform.services, platform.run_dir / "routes.d",
-                                     platform.broker_prefix)
+@pytest.fixture
+def scratch_vhost():
+    """A vhost and user prefix of its own: the drift test must not disturb the platform."""
+    import requests
+
+    vhost, prefix = f"plinth_drift_{uuid.uuid4().hex[:8]}", f"drift{uuid.uuid4().hex[:6]}-"
+    requests.put(f"{RABBIT_API}/api/vhosts/{vhost}", timeout=10).raise_for_status()
+    yield vhost, prefix
+    requests.delete(f"{RABBIT_API}/api/vhosts/{vhost}", timeout=10)
+    for name in (*SERVICES, "gateway"):
+        requests.delete(f"{RABBIT_API}/api/users/{prefix}{name}", timeout=10)
+
+
+def test_the_drift_check_finds_a_missing_permission_and_apply_restores_it(scratch_vhost,
+                                                                          tmp_path):
+    vhost, prefix = scratch_vhost
+    identities = broker_users.derive(SERVICES, tmp_path, prefix)
     api = broker_users.ManagementApi(RABBIT_API)
-    assert broker_users.drift(api, platform.vhost, identities, platform.services) == []
-    where = f"{broker_users._q(platform.vhost)}/{broker_users._q(platform.broker_user('auth'))}"
+    passwords = {i.name: uuid.uuid4().hex for i in identities}
+    broker_users.apply(api, vhost, identities, SERVICES, passwords)
+    assert broker_users.drift(api, vhost, identities, SERVICES) == []
+    where = f"{broker_users._q(vhost)}/{broker_users._q(prefix + 'auth')}"
     api.request("DELETE", f"/topic-permissions/{where}")  # e.g. an operator's slip
-    problems = broker_users.drift(api, platform.vhost, identities, platform.services)
+    problems = broker_users.drift(api, vhost, identities, SERVICES)
     assert any("no topic permission on nameko-rpc" in p for p in problems), problems
     out = io.StringIO()
-    code = broker_users.main(["--check", "--api", RABBIT_API, "--vhost", platform.vhost,
-                              "--prefix", platform.broker_prefix, "--routes-dir",
-                              str(platform.run_dir / "routes.d"),
-                              "--services", ",".join(platform.services)], out=out)
-    assert code == 1 and "drift:" in out.getvalue()
-    broker_users.apply(api, platform.vhost, identities, platform.services)
-    assert broker_users.drift(api, platform.vhost, identities, platform.services) == []
+    code = broker_users.main(["--check", "--api", RABBIT_API, "--vhost", vhost,
+                              "--prefix", prefix, "--routes-dir", str(tmp_path),
+                              "--services", ",".join(SERVICES)], out=out)
+    assert code == 1 and "drift: e" not in out.getvalue() and "drift:" in out.getvalue()
+    broker_users.apply(api, vhost, identities, SERVICES)  # no passwords: users keep theirs
+    assert broker_users.drift(api, vhost, identities, SERVICES) == []
 
 
 @pytest.mark.parametrize("name", ["identity", "auth", "authz", "audit", "gateway"])
 def test_every_process_runs_as_its_own_broker_user(platform, name):
     import requests
 
-    connections = requests.get(f"{RABBIT_API}/api/connections", timeout=10).json()
-    users = {c.get("user") for c in connections if c.get("vhost") == platform.vhost}
-    assert platform.broker_user(name) in users
+    from tests.support.platform import wait_for
+
+    def users():  # the management API lists a connection's user once its stats come in
+        connections = requests.get(f"{RABBIT_API}/api/connections", timeout=10).json()
+        return {c.get("user") for c in connections if c.get("vhost") == platform.vhost}
+
+    wait_for(lambda: platform.broker_user(name) in users(), timeout=15,
+             what=f"a connection of {platform.broker_user(name)}")
 
 
 # -- event authenticity (shared.senders) ------------------------------------------------------
@@ -197,3 +222,15 @@ def _find(tree, key):
         if found != {}:
             return found
     return {}
+
+
+def test_the_gateways_event_listeners_run_under_its_own_identity(platform):
+    """The gateway may not declare the exchanges it listens to: its listeners must bind
+    without (else its permission cache is never trusted and every check asks authz)."""
+    from tests.support.platform import wait_for
+
+    def listening():
+        text = platform.http.get(platform.url("/health"), timeout=10).text
+        return "event(s) received" in text and "listening;" in text
+
+    wait_for(listening, timeout=15, what="the gateway's listeners to bind")

@@ -72,6 +72,19 @@ def test_the_gateway_may_configure_only_its_reply_and_event_queues(identities):
     assert gateway.topics["authz.events"]["write"] == broker_users.NOTHING
 
 
+def test_no_process_may_publish_through_the_default_exchange(identities):
+    # through it a message reaches any queue of the vhost, rpc-authz included
+    for identity in identities.values():
+        assert not _matches(identity.write, "amq.default"), identity.name
+
+
+def test_a_catalogued_task_may_be_sent_only_to_its_owners_task_queue(identities):
+    topic = identities["auth"].topics["audit.queues"]["write"]
+    assert _matches(topic, "audit.tasks") and not _matches(topic, "audit.dead-letters")
+    assert _matches(identities["auth"].write, "audit.queues")
+    assert not _matches(identities["gateway"].write, "audit.queues")
+
+
 def test_consumers_may_bind_only_the_event_types_they_handle(identities):
     read = identities["authz"].topics["identity.events"]["read"]
     assert _matches(read, "user.created") and not _matches(read, "#")
