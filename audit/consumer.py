@@ -184,7 +184,8 @@ class TrailConsumer(DependencyProvider):
             self._wake.set()
 
     def _consume(self):
-        connection = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=5)
+        connection = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=5,
+                                ssl=cfg.amqp_ssl(self.container.config) or False)
         self._connection = connection
         connection.ensure_connection(max_retries=1)
         sock = compat.read_ahead(connection.connection)

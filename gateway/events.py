@@ -26,6 +26,7 @@ import uuid
 
 from gateway import metrics
 from shared.backoff import NO_JITTER, Backoff
+from shared.config import amqp_ssl
 from shared.senders import Senders, user_of
 
 __all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
@@ -121,7 +122,8 @@ class EventSubscription:
         from kombu import Connection, Consumer, Queue
         from nameko.standalone.events import get_event_exchange
 
-        conn = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=3)
+        conn = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=3,
+                          ssl=amqp_ssl() or False)
         try:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()

@@ -16,6 +16,8 @@ from amqp import exceptions as amqp_errors
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
+from shared.config import amqp_ssl
+
 __all__ = ["ConfirmedPublisher", "is_broker_trouble"]
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,9 @@ class ConfirmedPublisher:
     green threads (one publish at a time).
     """
 
-    def __init__(self, amqp_uri, timeout=5.0):
+    def __init__(self, amqp_uri, timeout=5.0, ssl=None):
         self.amqp_uri = amqp_uri
+        self.ssl = ssl if ssl is not None else amqp_ssl()  # TLS options (shared.config)
         # every message carries its sender's broker user, which RabbitMQ validates
         # (shared.senders): consumers can tell who published it
         first = str(amqp_uri or "").split(";", 1)[0].strip()
@@ -90,7 +93,8 @@ class ConfirmedPublisher:
     def _producer_for(self):
         if self._producer is None:
             connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
-                                    transport_options={"confirm_publish": True})
+                                    transport_options={"confirm_publish": True},
+                                    ssl=self.ssl or False)
             self._connection = connection
             # each of the broker's addresses once, without kombu's sleeps between rounds:
             # the caller has its own backoff, and may hold locks meanwhile

@@ -208,7 +208,8 @@ class Redelivery(SharedExtension):
         config = self.container.config
         self.topology = Topology(self.container.service_name)
         self.publisher = ConfirmedPublisher(
-            config[cfg.AMQP_URI_KEY], timeout=cfg.setting(config, PUBLISH_TIMEOUT_KEY, 5.0, float))
+            config[cfg.AMQP_URI_KEY], timeout=cfg.setting(config, PUBLISH_TIMEOUT_KEY, 5.0, float),
+            ssl=cfg.amqp_ssl(config))
 
     def start(self):
         # declared now so that operators find the queue before anything is dead-lettered

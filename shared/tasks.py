@@ -600,7 +600,8 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             self._stopping.wait(COUNT_EVERY)
 
     def _count(self, amqp_uri):
-        with Connection(amqp_uri, connect_timeout=2) as conn:
+        with Connection(amqp_uri, connect_timeout=2,
+                        ssl=cfg.amqp_ssl(self.container.config) or False) as conn:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from shared.config import AMQP_URI_KEY, setting
+from shared.config import AMQP_URI_KEY, amqp_ssl, setting
 from shared.publishing import ConfirmedPublisher
 from shared.redelivery import (
     ATTEMPTS_HEADER,
@@ -54,7 +54,7 @@ class DeadLetters:
         """Look at up to ``limit`` messages; ``act(message)`` may return True to take one off
         the queue. Every other message returns to the queue when the channel closes."""
         seen = []
-        with Connection(self.amqp_uri, connect_timeout=5) as conn:
+        with Connection(self.amqp_uri, connect_timeout=5, ssl=amqp_ssl() or False) as conn:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             self.queue(channel).declare()

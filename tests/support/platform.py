@@ -31,7 +31,9 @@ these only, never the repository's config/routes.d, whose services a platform do
 True: each process connects as its own RabbitMQ user with the permissions
 deploy/broker_users.py derives, on the platform's vhost; users are named
 ``<broker_prefix><name>`` and removed at stop; an ``AMQP_URI`` a test gives with guest's
-credentials, e.g. through a fault proxy, gets the process's own credentials at start).
+credentials, e.g. through a fault proxy, gets the process's own credentials at start;
+``extra_services`` and ``tree``: services of another tree (a copy where `make service` ran)
+the test starts itself, whose identities are derived there too).
 
 Process control, by name ("identity", ..., "gateway"): ``stop_process(name)`` (SIGTERM, then
 SIGKILL), ``kill_process(name)`` (SIGKILL: a crash), ``start_process(name)`` (same port,
@@ -129,7 +131,7 @@ class Platform:
     def __init__(self, services=SERVICES, gateway=True, env=None, service_env=None,
                  gateway_env=None, workers=2, threads=4, admin_email=ADMIN_EMAIL,
                  admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform",
-                 routes=(), broker_identities=True):
+                 routes=(), broker_identities=True, extra_services=(), tree=None):
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}")
@@ -150,7 +152,9 @@ class Platform:
         self.db_uri = None
         self.broker_identities = broker_identities
         self.broker_prefix = f"e2e{uuid.uuid4().hex[:8]}-"
-        self.broker_passwords = {name: uuid.uuid4().hex for name in (*self.services, GATEWAY)}
+        self.extra_services, self.tree = tuple(extra_services), tree
+        self.broker_passwords = {name: uuid.uuid4().hex
+                                 for name in (*self.services, *self.extra_services, GATEWAY)}
         self.processes = {}
         self.http = requests.Session()
         self._admin_token = None
@@ -226,6 +230,15 @@ class Platform:
     def _create_identities(self):
         from deploy import broker_users
 
+        if self.tree is not None:  # derived in that tree, by its own copy of the tool
+            env = {**os.environ, "PYTHONPATH": str(self.tree), **{
+                broker_users.password_key(n): p for n, p in self.broker_passwords.items()}}
+            subprocess.run([sys.executable, "-m", "deploy.broker_users", "--api", RABBIT_API,
+                            "--vhost", self.vhost, "--prefix", self.broker_prefix,
+                            "--routes-dir", str(self.run_dir / "routes.d"), "--services",
+                            ",".join((*self.services, *self.extra_services))],
+                           cwd=self.tree, env=env, check=True, capture_output=True, timeout=120)
+            return
         identities = broker_users.derive(self.services, self.run_dir / "routes.d",
                                          self.broker_prefix)
         api = broker_users.ManagementApi(RABBIT_API)
