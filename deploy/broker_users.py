@@ -22,8 +22,9 @@ only the event types they handle.
 ``python -m deploy.broker_users`` (``make broker-users``) creates or updates the users, their
 permissions and the shared exchanges through the management API; ``--check`` reports drift
 and exits 1; ``--show`` prints what would be set. Passwords come from
-``<NAME>_BROKER_PASSWORD`` (``IDENTITY_BROKER_PASSWORD``, ``GATEWAY_BROKER_PASSWORD``, ...):
-given, a user's password is set (created or rotated); absent, an existing user keeps its own.
+``<NAME>_BROKER_PASSWORD`` (``IDENTITY_BROKER_PASSWORD``, ``GATEWAY_BROKER_PASSWORD``, ...)
+or the password in ``<NAME>_AMQP_URI``: given, a user's password is set (created or rotated);
+absent, an existing user keeps its own.
 """
 
 import argparse
@@ -54,7 +55,8 @@ DEFAULT_API = "http://guest:guest@127.0.0.1:15672"
 REPLY_KEY = r"[0-9a-f-]+"
 NOTHING = "^$"
 
-__all__ = ["Identity", "derive", "service_names", "user_name", "password_key", "apply",
+__all__ = ["Identity", "derive", "service_names", "user_name", "password_key", "password_of",
+           "apply",
            "drift", "ManagementApi", "main"]
 
 
@@ -80,6 +82,17 @@ def user_name(name, prefix=None):
 
 def password_key(name):
     return f"{name.upper()}_BROKER_PASSWORD"
+
+
+def password_of(name, environ=None):
+    """``name``'s broker password from the environment: ``<NAME>_BROKER_PASSWORD``, else the
+    password in ``<NAME>_AMQP_URI`` (the URI the process itself is given), else None."""
+    environ = os.environ if environ is None else environ
+    if environ.get(password_key(name)):
+        return environ[password_key(name)]
+    uri = environ.get(f"{name.upper()}_AMQP_URI", "").split(";", 1)[0].strip()
+    password = urlsplit(uri).password if uri else None
+    return unquote(password) if password else None
 
 
 def service_names(root=ROOT):
@@ -322,8 +335,7 @@ def main(argv=None, out=sys.stdout):
             print(f"drift: {problem}", file=out)
         print(f"{len(identities)} identities checked, {len(problems)} problem(s)", file=out)
         return 1 if problems else 0
-    passwords = {i.name: os.environ[password_key(i.name)] for i in identities
-                 if os.environ.get(password_key(i.name))}
+    passwords = {i.name: password_of(i.name) for i in identities if password_of(i.name)}
     apply(api, args.vhost, identities, services, passwords)
     print(f"{len(identities)} broker identities set on vhost {args.vhost}: "
           f"{', '.join(i.user for i in identities)}", file=out)

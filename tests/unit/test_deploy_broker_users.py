@@ -114,3 +114,11 @@ def test_senders_accept_only_the_sources_identity_or_their_own():
     assert not senders.accepts(None, "identity")
     assert not senders.accepts("guest", "identity")
     assert Senders({}).accepts(None, "identity")  # one shared credential: nothing to check
+
+
+def test_a_password_comes_from_its_setting_or_from_the_processs_own_uri():
+    env = {"AUTH_BROKER_PASSWORD": "s3cret-one",
+           "GATEWAY_AMQP_URI": "amqp://plinth-gateway:p%40ss@rabbitmq:5672/;amqp://x:y@b/"}
+    assert broker_users.password_of("auth", env) == "s3cret-one"
+    assert broker_users.password_of("gateway", env) == "p@ss"
+    assert broker_users.password_of("identity", env) is None
