@@ -145,8 +145,8 @@ def _service_identity(name, services, prefix):
     consumed = {}
     for source, event, _ in handlers:
         consumed.setdefault(source, set()).add(re.escape(event))
-    if every_event:
-        for source in services:
+    if every_event:  # audit: every service of the tree (AUDIT_SOURCES names them), running or not
+        for source in sorted(set(services) | set(service_names())):
             consumed.setdefault(source, set()).add(re.escape("#"))
     sources = [re.escape(f"{source}.events") for source in consumed]
     rpc = re.escape(RPC_EXCHANGE)

@@ -108,10 +108,14 @@ class EventSubscription:
                 self._listen()
                 backoff.reset()
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                new_kind = type(exc) is not type(self.last_error)
                 self.last_error = exc
                 if self._connected.is_set():
                     log.warning("lost %s events (%s: %s); reconnecting", self.source,
                                 type(exc).__name__, exc)
+                elif new_kind:  # e.g. refused by the broker: said once, not at every retry
+                    log.warning("cannot listen to %s events yet (%s: %s); retrying",
+                                self.source, type(exc).__name__, exc)
                 self._connected.clear()
                 self._stopped.wait(backoff.next())
         self._connected.clear()

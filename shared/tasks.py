@@ -436,7 +436,10 @@ class TaskConsumer(SharedExtension, ProviderCollector):
                 and self.senders.accepts(sender, task.get("source"))):
             return True
         self.senders.refuse(f"{service} tasks", task.get("source"), sender, task["task_id"])
-        self.dropped_sender.labels(task["task_type"][:80]).inc()
+        known = {p.name for p in self._providers} | set(KNOWN_TASKS)
+        # a label from the message only when it names a known task: bounded cardinality
+        self.dropped_sender.labels(task["task_type"] if task["task_type"] in known
+                                   else "(unknown)").inc()
         self.queue_consumer.ack_message(message)
         return False
 
