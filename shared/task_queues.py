@@ -11,14 +11,16 @@ carries its due time in ``ETA_HEADER`` and goes into the largest level not beyon
 left; it hops again on arrival until it is due.
 """
 
+import functools
 import time
 from datetime import datetime
 
 from kombu import Exchange, Queue
 
+from shared.publishing import Outgoing
 from shared.redelivery import DELAY_HEADER, queues_exchange
 
-__all__ = ["TaskTopology", "task_queue", "publish", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
+__all__ = ["TaskTopology", "task_queue", "outgoing", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
            "TASK_HEADER", "RUN_WITHIN_MS"]
 
 ETA_HEADER = "plinth-eta"  # when the task is due, in milliseconds since the epoch
@@ -57,44 +59,48 @@ class TaskTopology:
         return fitting[-1] if fitting else DELAY_LEVELS_MS[0]
 
 
-def publish(publisher, env, body, headers, sender=None):
-    """Send a task (``env``, its JSON ``body`` and context ``headers``) from the outbox to its
-    service's queue, or into the delay level its ``eta`` asks for (used by ``outbox.Relay``).
+@functools.lru_cache(maxsize=256)
+def _topology(service):
+    # one set of entities per service: kombu remembers what it declared by entity, and
+    # building them for every row of a batch costs more than publishing it
+    return TaskTopology(service)
+
+
+def outgoing(env, body, headers, sender=None):
+    """The message that sends a task (``env``, its JSON ``body`` and context ``headers``) from
+    the outbox to its service's queue, or into the delay level its ``eta`` asks for (used by
+    ``outbox.Relay``, which publishes it with its batch).
 
     ``sender``: the service sending it. A task for another service (a catalogued one) goes
     straight to that service's queue, declaring nothing of its (its broker user may not): an
-    early one is sent on through the delay levels by its consumer.
-
-    Returns what ``ConfirmedPublisher.publish`` does (False when unroutable: the row waits).
-    """
+    early one is sent on through the delay levels by its consumer."""
     name = env["task_type"]
     owner = name.split(".", 1)[0]
-    topology = TaskTopology(owner)
-    properties = {"content_type": "application/json", "content_encoding": "utf-8",
-                  "message_id": env["task_id"]}
+    topology = _topology(owner)
     if sender is not None and sender != owner:
         headers = {**headers, TASK_HEADER: name}
         eta = eta_ms(env.get("eta"))
         if eta:
             headers[ETA_HEADER] = eta
-        return publisher.publish(body, exchange=topology.queues_exchange,
-                                 routing_key=topology.queue.name, headers=headers, **properties)
+        return Outgoing(body, topology.queues_exchange, topology.queue.name, headers, (), {
+            "content_type": "application/json", "content_encoding": "utf-8",
+            "message_id": env["task_id"]})
     # the owner's queue is declared here too: a task sent before its service ever started
     # waits in that queue rather than in the outbox, and a delayed one has a queue to return to
-    declare = [topology.queue]
+    declare = (topology.queue,)
     headers = {**headers, TASK_HEADER: name}
+    properties = {"content_type": "application/json", "content_encoding": "utf-8",
+                  "message_id": env["task_id"]}
     eta = eta_ms(env.get("eta"))
     remaining = eta - time.time() * 1000 if eta else 0
     if remaining > RUN_WITHIN_MS:
         ms = topology.level_for(remaining)
         bucket = topology.delay_queue(ms)
         headers.update({ETA_HEADER: eta, DELAY_HEADER: str(ms)})
-        return publisher.publish(body, exchange=topology.delay_exchange,
-                                 routing_key=topology.queue.name, headers=headers,
-                                 declare=[*declare, bucket], **properties)
-    return publisher.publish(body, exchange=topology.queues_exchange,
-                             routing_key=topology.queue.name, headers=headers, declare=declare,
-                             **properties)
+        return Outgoing(body, topology.delay_exchange, topology.queue.name, headers,
+                        (*declare, bucket), properties)
+    return Outgoing(body, topology.queues_exchange, topology.queue.name, headers, declare,
+                    properties)
 
 
 def eta_ms(value):
