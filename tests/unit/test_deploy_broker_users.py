@@ -122,3 +122,18 @@ def test_a_password_comes_from_its_setting_or_from_the_processs_own_uri():
     assert broker_users.password_of("auth", env) == "s3cret-one"
     assert broker_users.password_of("gateway", env) == "p@ss"
     assert broker_users.password_of("identity", env) is None
+
+
+def test_amqp_ssl_is_a_mapping_from_the_config_or_the_environment(monkeypatch):
+    from shared.config import ConfigError, amqp_ssl
+
+    monkeypatch.delenv("AMQP_SSL", raising=False)
+    assert amqp_ssl({}) is None and amqp_ssl({"AMQP_SSL": None}) is None
+    monkeypatch.setenv("AMQP_SSL", "")
+    assert amqp_ssl({}) is None  # compose's and Kubernetes' default: plain TCP
+    monkeypatch.setenv("AMQP_SSL", "{ca_certs: /tls/ca.pem, cert_reqs: 2}")
+    assert amqp_ssl({}) == {"ca_certs": "/tls/ca.pem", "cert_reqs": 2}
+    assert amqp_ssl({"AMQP_SSL": {"ca_certs": "/other.pem"}}) == {"ca_certs": "/other.pem"}
+    monkeypatch.setenv("AMQP_SSL", "verify please")
+    with pytest.raises(ConfigError, match="AMQP_SSL"):
+        amqp_ssl({})
