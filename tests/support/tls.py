@@ -141,7 +141,7 @@ class TlsRabbit:
     def stop(self):
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self._env(),
                        capture_output=True, timeout=60)
-        shutil.rmtree(self.directory / "mnesia", ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)  # data, logs and certificates
 
 
 def available():
