@@ -12,6 +12,10 @@ case "$role" in
     python -m shared.migrations ${SERVICES:-identity auth authz audit}
     exec python -m deploy.grants
     ;;
+  broker-users)
+    # each process's RabbitMQ user and permissions (deploy/broker_users.py)
+    exec python -m deploy.broker_users
+    ;;
   -*|sh|bash|python)
     exec "$@"
     ;;

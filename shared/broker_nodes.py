@@ -13,7 +13,9 @@ from urllib.parse import unquote, urlparse
 
 import amqp
 
-__all__ = ["node_uris", "amqp_connection_params", "Nodes"]
+from shared.config import amqp_ssl
+
+__all__ = ["node_uris", "amqp_connection_params", "open_connection", "Nodes"]
 
 
 def node_uris(amqp_uri):
@@ -24,10 +26,12 @@ def node_uris(amqp_uri):
     return uris
 
 
-def amqp_connection_params(amqp_uri, connect_timeout):
+def amqp_connection_params(amqp_uri, connect_timeout, ssl=None):
     """py-amqp ``Connection`` arguments for a single-node ``amqp_uri``: no heartbeats, no
-    blocked notices."""
+    blocked notices; over TLS with ``ssl`` (default: ``AMQP_SSL`` from the environment,
+    shared.config)."""
     url = urlparse(amqp_uri)
+    ssl = ssl if ssl is not None else amqp_ssl()
     vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
     return dict(
         host=f"{url.hostname or 'localhost'}:{url.port or 5672}",
@@ -35,6 +39,7 @@ def amqp_connection_params(amqp_uri, connect_timeout):
         password=unquote(url.password or "guest"),
         virtual_host=vhost or "/",
         connect_timeout=connect_timeout,
+        ssl=ssl or False,
         heartbeat=0,
         # Without connection.blocked, py-amqp's basic_publish does not read from the socket
         # (it drains events to look for blocked notices), so only the reader thread reads.
@@ -46,11 +51,26 @@ def amqp_connection_params(amqp_uri, connect_timeout):
     )
 
 
+def open_connection(params, **extra):
+    """A py-amqp connection (not connected yet) that does not ask for connection.blocked
+    notices.
+
+    py-amqp adds every capability the broker offers to those the client announced; with
+    connection.blocked, each ``basic_publish`` first reads the socket, while a reader thread
+    may be waiting on it (under eventlet over TLS that is a second reader of the socket, which
+    eventlet refuses)."""
+    conn = amqp.Connection(**{**params, **extra})
+    conn.negotiate_capabilities = {name: wanted for name, wanted
+                                   in conn.negotiate_capabilities.items()
+                                   if name != "connection.blocked"}
+    return conn
+
+
 class Nodes:
     """The nodes of one ``AMQP_URI``, connected to in turn (see the module docstring)."""
 
-    def __init__(self, amqp_uri, connect_timeout):
-        self.params = [amqp_connection_params(uri, connect_timeout)
+    def __init__(self, amqp_uri, connect_timeout, ssl=None):
+        self.params = [amqp_connection_params(uri, connect_timeout, ssl)
                        for uri in node_uris(amqp_uri)]
         self._current = 0
         self._lock = threading.Lock()
@@ -69,7 +89,7 @@ class Nodes:
         error = None
         for _ in range(len(self.params)):
             params = self.current
-            conn = amqp.Connection(**{**params, **extra})
+            conn = open_connection(params, **extra)
             try:
                 conn.connect()
                 return conn

@@ -23,6 +23,7 @@ from nameko.exceptions import deserialize
 import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
 from shared.backoff import NO_JITTER, Backoff
 from shared.broker_nodes import Nodes, amqp_connection_params  # noqa: F401 - re-exported
+from shared.broker_nodes import open_connection as _connection
 from shared.errors import Unavailable
 
 __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
@@ -58,12 +59,13 @@ class _Pending:
 
 
 class RpcClient:
-    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None):
+    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None, ssl=None):
         self.amqp_uri = amqp_uri
+        self.ssl = ssl
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.name = name or f"rpc.reply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._nodes = Nodes(amqp_uri, connect_timeout)
+        self._nodes = Nodes(amqp_uri, connect_timeout, ssl)
         self._pending = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -86,14 +88,19 @@ class RpcClient:
         sub = self._nodes.connect()
         params = self._nodes.current
         channel = sub.channel()
-        channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
+        try:
+            # passively: a least-privilege broker user may not declare it (deploy/broker_users)
+            channel.exchange_declare(RPC_EXCHANGE, "topic", passive=True)
+        except amqp.exceptions.NotFound:  # not there yet: declared by those allowed to
+            channel = sub.channel()
+            channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
         channel.queue_declare(self.name, exclusive=True, auto_delete=True)
         channel.queue_bind(self.name, RPC_EXCHANGE, routing_key=self.name)
         channel.basic_consume(self.name, callback=self._on_reply, no_ack=True)
         # no publisher confirms (a broker round trip per call, serialised by the write lock):
         # an unroutable call (no instance running) still comes back as a basic.return, read
         # by the reader thread, and fails at once; any other loss ends in the call's timeout
-        pub = amqp.Connection(**params)
+        pub = _connection(params)
         try:
             pub.connect()
             pub_channel = pub.channel()

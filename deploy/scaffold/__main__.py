@@ -119,6 +119,9 @@ def edits(root, values):
             (r"(\n      AUDIT_APP_PASSWORD: .*)",
              lambda m: (f"{m.group(1)}\n      {upper}_OWNER_PASSWORD: ${{{upper}_OWNER_PASSWORD:?}}"
                         f"\n      {upper}_APP_PASSWORD: ${{{upper}_APP_PASSWORD:?}}")),
+            (r"(\n      AUDIT_BROKER_PASSWORD: .*)",  # the broker-users job makes its user
+             lambda m: (f"{m.group(1)}\n      {upper}_BROKER_PASSWORD: "
+                        f"${{{upper}_BROKER_PASSWORD:?}}")),
             (r"(\n      AUDIT_DB_URI: postgresql://audit_owner.*)",
              lambda m: (f"{m.group(1)}\n      {upper}_DB_URI: postgresql://{name}_owner:"
                         f"${{{upper}_OWNER_PASSWORD:?}}@postgres:5432/plinth")),
@@ -136,7 +139,9 @@ def edits(root, values):
         changed[".env.example"] = text.replace(
             "AUDIT_APP_PASSWORD=change-me\n",
             f"AUDIT_APP_PASSWORD=change-me\n{upper}_OWNER_PASSWORD=change-me\n"
-            f"{upper}_APP_PASSWORD=change-me\n", 1)
+            f"{upper}_APP_PASSWORD=change-me\n", 1).replace(
+            "AUDIT_BROKER_PASSWORD=change-me\n",
+            f"AUDIT_BROKER_PASSWORD=change-me\n{upper}_BROKER_PASSWORD=change-me\n", 1)
     return changed
 
 

@@ -71,8 +71,10 @@ def test_kubernetes_runs_three_rabbitmq_nodes_with_quorum_queues():
 
 def test_the_example_secret_lists_every_node_and_has_what_the_nodes_read():
     secret = yaml.safe_load((ROOT / "deploy/k8s/secret.example.yaml").read_text())["stringData"]
-    hosts = [re.search(r"@([^:/]+):5672", uri).group(1) for uri in node_uris(secret["amqp-uri"])]
-    assert hosts == [f"rabbitmq-{i}.rabbitmq-nodes.plinth.svc" for i in range(3)]
+    for name in ("identity", "auth", "authz", "audit", "gateway"):  # each process's own user
+        hosts = [re.search(r"@([^:/]+):5672", uri).group(1)
+                 for uri in node_uris(secret[f"{name}-amqp-uri"])]
+        assert hosts == [f"rabbitmq-{i}.rabbitmq-nodes.plinth.svc" for i in range(3)], name
     [statefulset] = [d for _, d in MANIFESTS if d["kind"] == "StatefulSet"]
     [container] = statefulset["spec"]["template"]["spec"]["containers"]
     keys = [e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]
