@@ -12,7 +12,7 @@ TESTENV := @$(BIN)/python -m deploy.local.testenv
 SERVICES ?= $(sort $(patsubst %/migrations/env.py,%,$(wildcard */migrations/env.py)))
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security \
+.PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security test-cluster \
         lint format migrate shell tasks bench admin service broker-users clean
 
 help:  ## list the targets
@@ -47,6 +47,10 @@ test-e2e: $(STAMP)  ## end-to-end tests through real processes
 test-fault: $(STAMP)  ## fault-injection tests
 	$(TESTENV) postgresql rabbitmq
 	$(PYTEST) tests/fault
+
+test-cluster: $(STAMP)  ## cluster tier: starts its own three-node RabbitMQ cluster (var/cluster)
+	$(TESTENV) postgresql redis
+	$(PYTEST) tests/cluster
 
 test-security: $(STAMP)  ## security tests
 	$(TESTENV) postgresql rabbitmq

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from kombu import Connection, Consumer, Queue, binding
+from kombu import Connection, Consumer, binding
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -29,6 +29,7 @@ from shared import compat, tracing
 from shared import config as cfg
 from shared.backoff import NO_JITTER, WIDE_JITTER, Backoff
 from shared.hub import Hub
+from shared.queues import durable_queue
 from shared.senders import Senders, user_of
 
 __all__ = ["TrailConsumer", "Trail", "SOURCES_KEY", "QUEUE_KEY",
@@ -150,8 +151,7 @@ class TrailConsumer(DependencyProvider):
         exchanges = [get_event_exchange(source, self.container.config) for source in
                      self.sources]
         arguments = {"x-queue-version": self.queue_version} if self.queue_version else {}
-        return Queue(self.queue_name, durable=True, auto_delete=False,
-                     queue_arguments=arguments,
+        return durable_queue(self.queue_name, queue_arguments=arguments,
                      bindings=[binding(exchange, routing_key="#") for exchange in exchanges])
 
     def _close(self):

@@ -35,13 +35,15 @@ from nameko.constants import (
 )
 from nameko.exceptions import UnserializableValueError, serialize
 from nameko.messaging import QueueConsumer
-from nameko.rpc import Responder, RpcConsumer, get_rpc_exchange
+from nameko.rpc import ReplyListener, Responder, RpcConsumer, get_rpc_exchange
 
+from shared.queues import apply_queue_type
 from shared.replies import ReplySender
 
 __all__ = ["IncompatibleLibrary", "require", "check_nameko_reply_path", "RawQueueConsumer",
            "check_nameko_queue_consumer",
-           "KeptConnectionRpcConsumer", "read_ahead", "set_call_options", "set_server_name",
+           "KeptConnectionRpcConsumer", "TransientReplyListener", "read_ahead",
+           "set_call_options", "set_server_name",
            "replace_error_writer", "counting_span_processor", "sampler_from_environment"]
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ class KeptConnectionRpcConsumer(RpcConsumer):
     def setup(self):
         check_nameko_reply_path()
         super().setup()
+        apply_queue_type(self.queue)  # rpc-<service>: quorum under AMQP_QUEUE_TYPE=quorum
         config = self.container.config
         # TLS and custom logins keep nameko's own reply path, which knows how to use them
         if not config.get(AMQP_SSL_CONFIG_KEY) and not config.get(LOGIN_METHOD_CONFIG_KEY):
@@ -190,6 +193,21 @@ class KeptConnectionRpcConsumer(RpcConsumer):
             ssl=config.get(AMQP_SSL_CONFIG_KEY), login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
         )
         return responder.send_response(result, exc_info)
+
+
+class TransientReplyListener(ReplyListener):
+    """nameko's reply listener of an in-service ``RpcProxy``, with a transient reply queue.
+
+    nameko declares ``rpc.reply-<service>-<uuid>`` durable (kombu's default). On a cluster, a
+    durable classic queue whose node is down can be neither used nor declared again until
+    that node returns, so a service whose reply queue lived on a lost node could not
+    reconnect. A transient queue goes with its node and is declared afresh on the next one;
+    replies in flight are lost either way (the caller's timeout turns them into Unavailable).
+    """
+
+    def setup(self):
+        super().setup()
+        self.queue.durable = False
 
 
 # -- py-amqp: reading ahead -------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from nameko import events as nameko_events
 
 from shared.metrics import MetricsRegistry
+from shared.queues import apply_queue_type
 from shared.redelivery import Redelivery, RetryPolicy, bound_by_name
 from shared.senders import Senders, user_of
 
@@ -46,6 +47,7 @@ class EventHandler(nameko_events.EventHandler):
 
     def setup(self):
         super().setup()
+        apply_queue_type(self.queue)  # a shared (SERVICE_POOL) handler queue may be quorum
         # retries come back through the service's queues exchange (shared.redelivery)
         bound_by_name(self.queue, self.container.service_name)
         self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,

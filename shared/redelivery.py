@@ -43,13 +43,14 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kombu import Exchange, Queue, binding
+from kombu import Exchange, binding
 from nameko.extensions import SharedExtension
 
 from shared import config as cfg
 from shared.backoff import Backoff
 from shared.errors import PlinthError, TooManyRequests
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
+from shared.queues import durable_queue
 
 __all__ = ["Topology", "queues_exchange", "bound_by_name", "RetryPolicy", "Redelivery",
            "Outcome", "describe", "is_client_error", "attempts_of", "DELAY_HEADER",
@@ -103,9 +104,9 @@ class Topology:
         self.service = service
         self.queues_exchange = queues_exchange(service)
         self.delay_exchange = Exchange(f"{service}.retry", type="headers", durable=True)
-        self.dead_letter_queue = Queue(f"{service}.dead-letters", exchange=self.queues_exchange,
-                                       routing_key=f"{service}.dead-letters", durable=True,
-                                       auto_delete=False)
+        self.dead_letter_queue = durable_queue(f"{service}.dead-letters",
+                                               exchange=self.queues_exchange,
+                                               routing_key=f"{service}.dead-letters")
 
     @staticmethod
     def bucket_ms(seconds):
@@ -116,9 +117,9 @@ class Topology:
 
     def delay_queue(self, ms):
         """The delay queue of the ``ms`` bucket, bound to the delay exchange."""
-        return Queue(
-            f"{self.service}.retry.{ms}", exchange=self.delay_exchange, durable=True,
-            auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
+        return durable_queue(
+            f"{self.service}.retry.{ms}", exchange=self.delay_exchange,
+            binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
             queue_arguments={"x-message-ttl": ms,
                              "x-dead-letter-exchange": self.queues_exchange.name,
                              "x-expires": ms + EXPIRE_AFTER_MS})

@@ -5,7 +5,7 @@ from amqp.exceptions import ConnectionError as AmqpConnectionError
 from eventlet import patcher
 from eventlet.semaphore import Semaphore
 
-from shared.rpc_client import amqp_connection_params
+from shared.broker_nodes import Nodes
 
 __all__ = ["ReplySender"]
 
@@ -25,9 +25,10 @@ class ReplySender:
     """
 
     def __init__(self, amqp_uri, exchange, name):
-        self._params = amqp_connection_params(amqp_uri, connect_timeout=3.0)
+        self._nodes = Nodes(amqp_uri, connect_timeout=3.0)
         # named so that an operator (and a test) can tell it apart in RabbitMQ's UI
-        self._params["client_properties"]["connection_name"] = name
+        for params in self._nodes.params:
+            params["client_properties"]["connection_name"] = name
         self._exchange = exchange
         self._lock = Semaphore(1)
         self._conn = None
@@ -46,6 +47,7 @@ class ReplySender:
                     return
                 except (OSError, AmqpConnectionError, amqp.exceptions.AMQPError):
                     self._drop()
+                    self._nodes.failed()  # try the next node first
                     if attempt == 2:
                         raise
 
@@ -55,8 +57,7 @@ class ReplySender:
 
     def _reconnect(self):
         self._drop()
-        conn = amqp.Connection(**self._params, write_timeout=5.0)
-        conn.connect()
+        conn = self._nodes.connect(write_timeout=5.0)
         self._conn, self._channel = conn, conn.channel()
 
     def _drop(self):

@@ -7,15 +7,15 @@ import eventlet
 from marshmallow import ValidationError
 from nameko.exceptions import UnknownService
 from nameko.rpc import Rpc as _NamekoRpc
-from nameko.rpc import RpcProxy
+from nameko.rpc import RpcProxy as _NamekoRpcProxy
 
 from shared import compat, tracing
 from shared import config as cfg
 from shared.calls import UndeclaredCall, check_declared
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 
-__all__ = ["Rpc", "rpc", "load", "rpc_input", "call_service", "rpc_timeout", "rpc_timeout_key",
-           "ServiceRpc", "UndeclaredCall", "check_declared"]
+__all__ = ["Rpc", "rpc", "RpcProxy", "load", "rpc_input", "call_service", "rpc_timeout",
+           "rpc_timeout_key", "ServiceRpc", "UndeclaredCall", "check_declared"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ class Rpc(_NamekoRpc):
 
 
 rpc = Rpc.decorator
+
+
+class RpcProxy(_NamekoRpcProxy):
+    """nameko's in-service proxy to another service, its replies on a transient queue
+    (``compat.TransientReplyListener``: a service reconnects to another broker node)."""
+
+    rpc_reply_listener = compat.TransientReplyListener()
 
 
 def _is_outage(exc):

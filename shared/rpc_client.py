@@ -16,14 +16,14 @@ import select
 import threading
 import time
 import uuid
-from urllib.parse import unquote, urlparse
 
 import amqp
 from nameko.exceptions import deserialize
 
 import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
 from shared.backoff import NO_JITTER, Backoff
-from shared.config import amqp_ssl
+from shared.broker_nodes import Nodes, amqp_connection_params  # noqa: F401 - re-exported
+from shared.broker_nodes import open_connection as _connection
 from shared.errors import Unavailable
 
 __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
@@ -58,44 +58,6 @@ class _Pending:
         self.error = None
 
 
-def amqp_connection_params(amqp_uri, connect_timeout, ssl=None):
-    """py-amqp ``Connection`` arguments for ``amqp_uri``: no heartbeats, no blocked notices;
-    over TLS with ``ssl`` (default: ``AMQP_SSL`` from the environment, shared.config)."""
-    url = urlparse(amqp_uri)
-    ssl = ssl if ssl is not None else amqp_ssl()
-    vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
-    return dict(
-        host=f"{url.hostname or 'localhost'}:{url.port or 5672}",
-        userid=unquote(url.username or "guest"),
-        password=unquote(url.password or "guest"),
-        virtual_host=vhost or "/",
-        connect_timeout=connect_timeout,
-        ssl=ssl or False,
-        heartbeat=0,
-        # Without connection.blocked, py-amqp's basic_publish does not read from the socket
-        # (it drains events to look for blocked notices), so only the reader thread reads.
-        client_properties={"capabilities": {
-            "publisher_confirms": True, "exchange_exchange_bindings": True,
-            "basic.nack": True, "consumer_cancel_notify": True,
-            "authentication_failure_close": True, "per_consumer_qos": True,
-        }},
-    )
-
-
-def _connection(params):
-    """A py-amqp connection that does not ask for connection.blocked notices.
-
-    py-amqp adds every capability the broker offers to those the client announced; with
-    connection.blocked, each ``basic_publish`` first reads the socket, while the reader thread
-    may be waiting on it (under eventlet over TLS that is a second reader of the socket, which
-    eventlet refuses)."""
-    conn = amqp.Connection(**params)
-    conn.negotiate_capabilities = {name: wanted for name, wanted
-                                   in conn.negotiate_capabilities.items()
-                                   if name != "connection.blocked"}
-    return conn
-
-
 class RpcClient:
     def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None, ssl=None):
         self.amqp_uri = amqp_uri
@@ -103,6 +65,7 @@ class RpcClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.name = name or f"rpc.reply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._nodes = Nodes(amqp_uri, connect_timeout, ssl)
         self._pending = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -118,12 +81,12 @@ class RpcClient:
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self):
-        params = amqp_connection_params(self.amqp_uri, self.connect_timeout, self.ssl)
         # Two connections so that each socket is used by one thread at a time: py-amqp is not
         # thread-safe. The reader thread alone reads ``sub``; callers publish on ``pub`` under
-        # the write lock and read its returns (unroutable calls) there too.
-        sub = _connection(params)
-        sub.connect()
+        # the write lock and read its returns (unroutable calls) there too. Both go to the
+        # same node, the first of AMQP_URI's that answers.
+        sub = self._nodes.connect()
+        params = self._nodes.current
         channel = sub.channel()
         try:
             # passively: a least-privilege broker user may not declare it (deploy/broker_users)
@@ -202,6 +165,7 @@ class RpcClient:
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
                 if not self._closed:
                     log.warning("rpc client lost the broker: %s: %s", type(exc).__name__, exc)
+                    self._nodes.failed()  # reconnect through another node first
                 self._disconnect(exc)
         # closed: the reader closes its own sockets, so no other thread touches them meanwhile
         self._disconnect(None)

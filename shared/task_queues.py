@@ -15,9 +15,10 @@ import functools
 import time
 from datetime import datetime
 
-from kombu import Exchange, Queue
+from kombu import Exchange
 
 from shared.publishing import Outgoing
+from shared.queues import durable_queue
 from shared.redelivery import DELAY_HEADER, queues_exchange
 
 __all__ = ["TaskTopology", "task_queue", "outgoing", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
@@ -32,8 +33,8 @@ RUN_WITHIN_MS = 50  # a task this close to its time runs now rather than waiting
 
 def task_queue(service):
     """The durable queue that holds ``service``'s tasks."""
-    return Queue(f"{service}.tasks", exchange=queues_exchange(service),
-                 routing_key=f"{service}.tasks", durable=True, auto_delete=False)
+    return durable_queue(f"{service}.tasks", exchange=queues_exchange(service),
+                         routing_key=f"{service}.tasks")
 
 
 class TaskTopology:
@@ -46,9 +47,9 @@ class TaskTopology:
         self.delay_exchange = Exchange(f"{service}.tasks.wait", type="headers", durable=True)
 
     def delay_queue(self, ms):
-        return Queue(
-            f"{self.service}.tasks.wait.{ms}", exchange=self.delay_exchange, durable=True,
-            auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
+        return durable_queue(
+            f"{self.service}.tasks.wait.{ms}", exchange=self.delay_exchange,
+            binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
             queue_arguments={"x-message-ttl": ms,
                              "x-dead-letter-exchange": self.queues_exchange.name})
 

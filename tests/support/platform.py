@@ -23,7 +23,10 @@ takes a few seconds)::
 
 Options: ``services`` (which of identity, auth, authz, audit; default all), ``gateway``
 (start it; default True), ``env`` (extra environment for every process), ``service_env``
-(``{"auth": {...}}`` per service), ``gateway_env``, ``workers`` / ``threads`` (gunicorn),
+(``{"auth": {...}}`` per service), ``gateway_env``, ``broker`` (a
+``tests.support.rabbit_cluster.RabbitCluster``, or anything with ``amqp_uri(vhost)``,
+``add_vhost`` and ``delete_vhost``: the platform's vhost is made there and every process
+gets its multi-node ``AMQP_URI``; default the local node), ``workers`` / ``threads`` (gunicorn),
 ``admin_email`` / ``admin_password`` (the bootstrap admin authz creates), ``routes`` (route
 files of feature services the test starts itself: the gateway serves the core routes and
 these only, never the repository's config/routes.d, whose services a platform does not start
@@ -131,7 +134,7 @@ class Platform:
     def __init__(self, services=SERVICES, gateway=True, env=None, service_env=None,
                  gateway_env=None, workers=2, threads=4, admin_email=ADMIN_EMAIL,
                  admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform",
-                 routes=(), broker_identities=True, extra_services=(), tree=None):
+                 routes=(), broker_identities=True, extra_services=(), tree=None, broker=None):
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}")
@@ -148,9 +151,13 @@ class Platform:
         self.run_id = f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
         self.run_dir = E2E_DIR / self.run_id
         self.vhost = f"plinth_e2e_{uuid.uuid4().hex[:10]}"
-        self.amqp_uri = f"{RABBIT_AMQP}/{quote(self.vhost, safe='')}"
+        self.broker = broker
+        self.amqp_uri = (broker.amqp_uri(self.vhost) if broker is not None
+                         else f"{RABBIT_AMQP}/{quote(self.vhost, safe='')}")
         self.db_uri = None
-        self.broker_identities = broker_identities
+        # a cluster of the test's own (tests/support/rabbit_cluster.py) has no management API
+        # to make per-process users with: its platform runs as the cluster's one user
+        self.broker_identities = broker_identities and broker is None
         self.broker_prefix = f"e2e{uuid.uuid4().hex[:8]}-"
         self.extra_services, self.tree = tuple(extra_services), tree
         self.broker_passwords = {name: uuid.uuid4().hex
@@ -171,7 +178,10 @@ class Platform:
         _prune_runs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _create_vhost(self.vhost)
+            if self.broker is not None:
+                self.broker.add_vhost(self.vhost)
+            else:
+                _create_vhost(self.vhost)
             self._copy_routes()
             if self.broker_identities:
                 self._create_identities()
@@ -203,14 +213,18 @@ class Platform:
         for name in names:
             self._reap(name, max(0.1, deadline - time.monotonic()))
         self.http.close()
-        try:
-            requests.delete(_vhost_api(self.vhost), timeout=10)
-            if self.broker_identities:
-                for name in self.broker_passwords:
-                    requests.delete(f"{RABBIT_API}/api/users/{quote(self.broker_user(name))}",
-                                    timeout=10)
-        except requests.RequestException:
-            pass
+        if self.broker is not None:
+            self.broker.delete_vhost(self.vhost)
+        else:
+            try:
+                requests.delete(_vhost_api(self.vhost), timeout=10)
+                if self.broker_identities:
+                    for name in self.broker_passwords:
+                        requests.delete(
+                            f"{RABBIT_API}/api/users/{quote(self.broker_user(name))}",
+                            timeout=10)
+            except requests.RequestException:
+                pass
         if self.db_uri:
             _drop_database(self.db_uri)
             self.db_uri = None
