@@ -29,6 +29,7 @@ class TokenSettings:
     access_ttl: int = 900
     refresh_ttl: int = 30 * 24 * 3600
     leeway: int = 30
+    service_ttl: int = 300
 
 
 def issue_access_token(signer, settings, user_id, session_id, now=None):
@@ -44,6 +45,25 @@ def issue_access_token(signer, settings, user_id, session_id, now=None):
         "jti": uuid.uuid4().hex,
         "sid": session_id,
         "typ": ACCESS_TOKEN_TYPE,
+    }
+    token = jwt.encode(claims, signer.private_key, algorithm=signer.alg,
+                       headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE})
+    return token, claims
+
+
+def issue_service_token(signer, settings, service, now=None):
+    """(token, claims) for ``service`` acting as itself: RFC 9068 §2.2's client-credentials
+    shape, ``sub`` and ``client_id`` both the service's name, no session."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": settings.issuer,
+        "aud": settings.audience,
+        "sub": service,
+        "client_id": service,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + settings.service_ttl,
+        "jti": uuid.uuid4().hex,
     }
     token = jwt.encode(claims, signer.private_key, algorithm=signer.alg,
                        headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE})

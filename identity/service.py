@@ -5,6 +5,7 @@ from identity import provisioning, schemas, users
 from identity.dependencies import Passwords
 from identity.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.actors import guarded
 from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
@@ -53,6 +54,7 @@ class IdentityService(kernel.ServiceBase):
         return users.page(self.db, load(schemas.ListUsersSchema(), rpc_input(filters, fields)))
 
     @rpc
+    @guarded("users:write", own=("user_id", "profile:write"))
     def update_user(self, user_id, changes=None, **fields):
         users.check_id(user_id)
         payload = load(schemas.UpdateUserSchema(), rpc_input(changes, fields))
@@ -67,6 +69,7 @@ class IdentityService(kernel.ServiceBase):
         return users.to_dict(user)
 
     @rpc(sensitive_arguments=SENSITIVE)
+    @guarded("users:write")
     def set_password(self, user_id, password=None):
         users.check_id(user_id)
         payload = load(schemas.SetPasswordSchema(), {"password": password})
@@ -75,16 +78,19 @@ class IdentityService(kernel.ServiceBase):
         return users.to_dict(user)
 
     @rpc
+    @guarded("users:write")
     def disable_user(self, user_id):
         users.check_id(user_id)
         return users.to_dict(users.set_status(self.db, user_id, "disabled",
                                               admin_ids=self._global_admins()))
 
     @rpc
+    @guarded("users:write")
     def enable_user(self, user_id):
         return users.to_dict(users.set_status(self.db, user_id, "active"))
 
     @rpc
+    @guarded("users:write")
     def delete_user(self, user_id):
         users.check_id(user_id)
         return users.to_dict(users.delete(self.db, user_id, admin_ids=self._global_admins()))
@@ -95,6 +101,7 @@ class IdentityService(kernel.ServiceBase):
         return users.to_dict(users.verify(self.db, self.passwords, **payload))
 
     @rpc(sensitive_arguments=SENSITIVE)
+    @guarded(("users:write", "roles:write"))
     def provision_user(self, data=None, **fields):
         """A user with roles, as a saga: the user and its roles when it completed in time,
         the failing step's error (with ``saga_id``) when it was compensated, else

@@ -152,7 +152,7 @@ class Flow:
         for action in ("disable", "enable"):
             assert self.post(f"/users/{user['id']}/{action}", admin).status_code == 200
         client = platform.rpc_client()
-        client.call("auth", "rotate_keys")
+        client.call("auth", "rotate_keys", context={"access_token": admin})
         self.secrets.update(key_material(self.db, signing_key(self.db)))
         assert self.http.delete(platform.url(f"{API}/users/{user['id']}"), timeout=10,
                                 headers=bearer(admin)).status_code == 204
