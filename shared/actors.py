@@ -86,20 +86,22 @@ class ServiceTokens(SharedExtension):
             self.credential = development_service_secret(self.container.service_name)
         self._client = None
         self._token, self._renew_at, self._failed_at = None, 0.0, None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one token fetch at a time
+        self._client_lock = threading.Lock()
 
     @property
     def client(self):
         if self._client is None:
-            with self._lock:
+            with self._client_lock:
                 if self._client is None:
                     self._client = RpcClient(self.container.config[cfg.AMQP_URI_KEY],
                                              timeout=self.timeout,
                                              name=None).start()
         return self._client
 
-    def call(self, service, method, **kwargs):
-        return self.client.call(service, method, kwargs=kwargs, timeout=self.timeout,
+    def call(self, target, method, **kwargs):
+        """``target.method(**kwargs)`` with no context: a read the kernel makes itself."""
+        return self.client.call(target, method, kwargs=kwargs, timeout=self.timeout,
                                 context={})
 
     def token(self):
@@ -230,6 +232,12 @@ class Proof(DependencyProvider):
     def worker_setup(self, worker_ctx):
         if not self.enforced:
             return
+        try:
+            self._prove(worker_ctx)
+        except Exception:  # logged: an error here would kill the container
+            log.exception("could not establish the proof of a worker")
+
+    def _prove(self, worker_ctx):
         entrypoint = worker_ctx.entrypoint
         data = worker_ctx.context_data
         if not isinstance(entrypoint, Rpc | HttpRequestHandler) and not data.get(TOKEN_KEY):
