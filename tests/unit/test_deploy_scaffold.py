@@ -86,7 +86,9 @@ def test_generation_writes_a_whole_service_on_a_free_port(tree):
     assert "class BillingService(kernel.ServiceBase)" in (tree / "billing/service.py").read_text()
     routes = routes_from_file(tree / "config/routes.d/billing.yaml")  # every one explicit
     assert [(r.method, r.permission) for r in routes] == \
-        [("POST", "billing:write"), ("GET", "billing:read")]
+        [("POST", "billing:write"), ("GET", "billing:read"), ("DELETE", "billing:write")]
+    # the service checks the proven actor itself on its sensitive method (shared.actors)
+    assert '@guarded("billing:write")' in (tree / "billing/service.py").read_text()
     _, second = generate("shipping", tree)
     assert second == 8106
 
