@@ -84,6 +84,10 @@ class ServiceTokens(SharedExtension):
         self.credential = cfg.setting(config, CREDENTIAL_KEY) or None
         if self.credential is None and not cfg.is_production(config):
             self.credential = development_service_secret(self.container.service_name)
+        elif self.enforced and cfg.is_production(config):
+            problem = cfg.secret_problem(self.credential or "")
+            if problem:
+                raise cfg.ConfigError(f"{CREDENTIAL_KEY} {problem}")
         self._client = None
         self._token, self._renew_at, self._failed_at = None, 0.0, None
         self._lock = threading.Lock()  # one token fetch at a time
