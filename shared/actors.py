@@ -104,9 +104,15 @@ class ServiceTokens(SharedExtension):
         return self._client
 
     def call(self, target, method, **kwargs):
-        """``target.method(**kwargs)`` with no context: a read the kernel makes itself."""
-        return self.client.call(target, method, kwargs=kwargs, timeout=self.timeout,
-                                context={})
+        """``target.method(**kwargs)`` with no context: a read the kernel makes itself. The
+        client's own kinds of Unavailable (not running, timeout, broker) become the plain
+        one, which every caller of the service can deserialise."""
+        try:
+            return self.client.call(target, method, kwargs=kwargs, timeout=self.timeout,
+                                    context={})
+        except Unavailable as exc:
+            raise Unavailable(f"{target} cannot answer now ({type(exc).__name__}); try again",
+                              {"service": target}) from None
 
     def token(self):
         """The service's current token, or None when auth cannot give one now."""
@@ -270,13 +276,17 @@ class Proof(DependencyProvider):
         self._proofs.pop(worker_ctx, None)
 
 
-def guarded(permission, own=None, scope=None):
+def guarded(permission, own=None, scope=None, authz_down_defers=False):
     """Decorate a service's RPC method (below ``@rpc``) so that it runs only for a proven
     actor holding ``permission`` (a string, or a tuple of them all needed).
 
     ``own=(argument, own_permission)``: when the proven user is the one the ``argument``
     names (their own account), ``own_permission`` is what they need instead (None: a valid
     proof is enough). ``scope``: the argument holding the scope the permission is asked in.
+    ``authz_down_defers``: when authz cannot be asked, a valid, live proof is enough for now,
+    because each privileged effect of the method is checked again later by its owner (the
+    provisioning saga's role assignments by authz, for the same actor); otherwise the call
+    is ``Unavailable``.
     """
     own_arg, own_permission = own if own is not None else (None, None)
 
@@ -306,8 +316,11 @@ def guarded(permission, own=None, scope=None):
             except (Unauthorized, Forbidden) as refusal:
                 _refused(self, method.__name__, needed, refusal)
                 raise
-            except Unavailable:
-                raise
+            except Unavailable as exc:
+                if not (authz_down_defers and exc.details.get("service") == "authz"):
+                    raise
+                log.warning("%s.%s: authz cannot answer; its later steps are checked by "
+                            "their owners", self.name, method.__name__)
             return method(self, *args, **kwargs)
 
         checked.guarded_permission = permission

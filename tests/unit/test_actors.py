@@ -178,6 +178,29 @@ def test_an_unreachable_authority_is_unavailable_not_a_refusal():
     assert svc.db.events == [] and svc.done == []
 
 
+def test_a_method_whose_effects_are_checked_later_may_go_on_while_authz_is_down():
+    class Down(Provider):
+        def allows(self, *args, **kwargs):
+            raise Unavailable("authz is down", {"service": "authz"})
+
+    class Provisioning(Service):
+        @guarded("users:write", authz_down_defers=True)
+        def provision(self, data=None):
+            return "started"
+
+    assert Provisioning(Down({"t": user(ADMIN)}, GRANTS), context(ADMIN, "t")).provision() \
+        == "started"
+    with pytest.raises(Unauthorized):  # ... but never without a valid proof
+        Provisioning(Down({}, GRANTS), context(ADMIN, "forged")).provision()
+
+    class AuthDown(Down):
+        def ensure_active(self, principal):
+            raise Unavailable("auth is down", {"service": "auth"})
+
+    with pytest.raises(Unavailable):  # ... nor while auth cannot say the session is live
+        Provisioning(AuthDown({"t": user(ADMIN)}, GRANTS), context(ADMIN, "t")).provision()
+
+
 def test_with_proofs_off_a_guarded_method_runs_as_before():
     provider = Provider({}, GRANTS)
     provider.enforced = False
