@@ -25,7 +25,8 @@ from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import is_uuid
 
 __all__ = ["GENERATE_TASK", "STATUSES", "PAGE_BYTES", "MAX_PAGE_BYTES", "create", "get",
-           "to_dict", "start", "finish", "failed", "write", "file_of", "read_page"]
+           "to_dict", "start", "finish", "failed", "write", "file_of", "read_page", "expire",
+           "sweep"]
 
 GENERATE_TASK = "audit.export.generate"
 STATUSES = ("pending", "running", "done", "failed")
@@ -179,3 +180,44 @@ def read_page(conn, folder, export_id, offset=0, limit=PAGE_BYTES):
     return {"id": export_id, "offset": offset, "data": data.decode("utf-8"),
             "next_offset": end if end < total else None, "bytes": total,
             "count": row["count"], "sha256": row["sha256"]}
+
+
+def expire(conn, before, batch=1000):
+    """Delete the rows of exports that finished (done or failed) before ``before``, at most
+    ``batch`` of them; their ids. Their files go afterwards (``sweep``), once the deletion has
+    committed: a file never outlives its row by more than one purge, and a row never points
+    at a file already gone."""
+    chosen = (sa.select(EXPORTS.c.id).where(EXPORTS.c.status.in_(("done", "failed")),
+                                            EXPORTS.c.finished_at < before)
+              .order_by(EXPORTS.c.finished_at).limit(batch))
+    ids = list(conn.execute(chosen).scalars())
+    if ids:
+        conn.execute(EXPORTS.delete().where(EXPORTS.c.id.in_(ids)))
+    return ids
+
+
+def sweep(folder, expired=(), grace_seconds=3600, now=None):
+    """Remove the files of the ``expired`` exports (ids ``expire`` returned, once their
+    deletion has committed) and the partial files a generation that died left in ``folder``,
+    once they are ``grace_seconds`` old (a generation still writing is never touched). Files
+    of ``export_file``, named by their callers, are not this function's. Returns how many
+    went."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for export_id in expired:
+        path = file_of(folder, export_id)
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed += 1
+    cutoff = (now or datetime.now(UTC)).timestamp() - grace_seconds
+    for path in folder.glob(".*.partial"):
+        try:
+            stale = path.stat().st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        if stale and is_uuid(path.name[1:].split(".", 1)[0]):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -19,6 +19,7 @@ from shared.tasks import task
 
 EXPORT_MAX_ENTRIES_KEY = "AUDIT_EXPORT_MAX_ENTRIES"
 EXPORT_DIR_KEY = "AUDIT_EXPORT_DIR"
+EXPORT_RETENTION_KEY = "AUDIT_EXPORT_RETENTION_DAYS"
 EXPORT_ATTEMPTS = 3
 
 
@@ -28,11 +29,20 @@ class AuditService(kernel.ServiceBase):
     db = Database(Base.metadata)
     trail = TrailConsumer()
     config = Config()
-    retention = Retention()
+    retention = Retention(exports=(EXPORT_RETENTION_KEY, 7))
 
     @task("audit.retention.purge", every=retention_every())
     def purge_retention(self, task):
-        self.retention.purge(self.db)
+        """The kernel's retention, and exports finished more than a week ago (configurable):
+        their rows, then their files and any a crashed generation left."""
+        keep, expired = self.retention.age("exports"), []
+
+        def expired_exports(session, now):
+            expired.extend(exports.expire(session.connection(), now - keep))
+            return len(expired)
+
+        self.retention.purge(self.db, also={"exports": expired_exports})  # committed here
+        exports.sweep(self._export_dir(), expired)
 
     def _connection(self, snapshot=False):
         session = self.db.session

@@ -31,7 +31,7 @@ from shared import task_queues, tracing
 from shared.backoff import WIDE_JITTER, Backoff
 from shared.config import setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
-from shared.publishing import ConfirmedPublisher, is_broker_trouble
+from shared.publishing import ConfirmedPublisher, Outgoing, is_broker_trouble
 
 __all__ = ["define_tables", "tables", "envelope", "add", "find", "record_processed", "Relay",
            "RelayPolicy", "ENVELOPE_VERSION"]
@@ -124,7 +124,8 @@ def find(session, service, event_id):
 
 def record_processed(session, service, event_id):
     _, processed = _tables(service)
-    session.execute(processed.insert().values(event_id=event_id, processed_at=utcnow()))
+    # parameters apart from the statement, so SQLAlchemy compiles it once per process
+    session.execute(processed.insert(), {"event_id": event_id, "processed_at": utcnow()})
 
 
 def forget_processed(session, service, event_id):
@@ -218,18 +219,7 @@ class Relay:
                 # have not locked, so a row is normally published once
                 query = query.with_for_update(skip_locked=True)
             rows = conn.execute(query).all()
-            sent, failed, trouble = [], [], None
-            for row in rows:
-                try:
-                    if self._publish(row):
-                        sent.append(row.id)
-                    else:
-                        failed.append((row, f"unroutable: no queue is bound to {row.event_type}"))
-                except Exception as exc:  # noqa: BLE001 - sorted below: the row's or the broker's
-                    if is_broker_trouble(exc):
-                        trouble = exc  # the rows left are not at fault; all wait for the broker
-                        break
-                    failed.append((row, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            sent, failed, trouble = self._publish_all(rows)
             if sent:
                 conn.execute(table.update().where(table.c.id.in_(sent)).values(sent_at=now))
             for row, error in failed:
@@ -241,7 +231,40 @@ class Relay:
             raise trouble
         return len(rows)
 
-    def _publish(self, row):
+    def _publish_all(self, rows):
+        """Publish ``rows`` as one batch (sent together, confirms collected afterwards).
+
+        Returns (ids confirmed and routed, [(row, error)] refused or unroutable, the broker's
+        trouble or None). A row the broker did not confirm is in neither list: it stays due.
+        """
+        ready, failed = [], []
+        for row in rows:
+            try:
+                ready.append((row, *self._message_for(row)))
+            except Exception as exc:  # noqa: BLE001 - the row's own fault: it waits, the rest go
+                failed.append((row, f"{type(exc).__name__}: {str(exc)[:200]}"))
+        outcomes, trouble = self.publisher.publish_batch([message for _, message, _ in ready]) \
+            if ready else ([], None)
+        sent = []
+        for (row, _, span_), outcome in zip(ready, outcomes, strict=True):
+            error = None
+            if outcome is True:
+                sent.append(row.id)
+            elif outcome is False:
+                failed.append((row, f"unroutable: no queue is bound to {row.event_type}"))
+                if span_ is not None:
+                    span_.set_attribute("error.type", "Unroutable")
+            elif isinstance(outcome, BaseException) and not is_broker_trouble(outcome):
+                failed.append((row, f"{type(outcome).__name__}: {str(outcome)[:200]}"))
+                error = outcome
+            else:  # not confirmed (or nacked): the broker's trouble, not the row's
+                error = outcome if isinstance(outcome, BaseException) else trouble
+                trouble = trouble or outcome
+            tracing.close_span(span_, error)
+        return sent, failed, trouble
+
+    def _message_for(self, row):
+        """The row's message and the span of its publish (None without tracing)."""
         body = json.dumps(row.payload)
         if len(body) > self.policy.max_event_bytes:
             raise Refused(f"{len(body)} bytes, more than OUTBOX_MAX_EVENT_BYTES "
@@ -250,24 +273,23 @@ class Relay:
         message_id = row.payload.get("event_id") or row.payload.get("task_id")
         # a span of the publish, in the trace of the unit of work that wrote the row; the
         # consumers' spans are its children (without tracing here, the row's context goes on)
-        with tracing.span(f"{row.event_type} publish", tracing.SpanKind.PRODUCER,
-                          parent=tracing.carrier_of(stored), attributes={
-                              "messaging.system": "rabbitmq",
-                              "messaging.operation.type": "publish",
-                              "messaging.message.id": str(message_id),
-                              "plinth.event_type": row.event_type}) as publish:
-            sent = tracing.inject({}) if publish is not None else stored
+        span_ = tracing.open_span(f"{row.event_type} publish", tracing.SpanKind.PRODUCER,
+                                  parent=tracing.carrier_of(stored), attributes={
+                                      "messaging.system": "rabbitmq",
+                                      "messaging.operation.type": "publish",
+                                      "messaging.message.id": str(message_id),
+                                      "plinth.event_type": row.event_type})
+        try:
+            sent = tracing.inject_span({}, span_) if span_ is not None else stored
             headers = headers_for(row.payload, sent)
             if "task_id" in row.payload:  # a task goes to its service's task queue
-                routed = task_queues.publish(self.publisher, row.payload, body, headers)
-            else:
-                routed = self.publisher.publish(
-                    body, exchange=self.exchange, routing_key=row.event_type,
-                    content_type="application/json", content_encoding="utf-8",
-                    headers=headers, declare=[self.exchange], message_id=message_id)
-            if publish is not None and not routed:
-                publish.set_attribute("error.type", "Unroutable")
-            return routed
+                return task_queues.outgoing(row.payload, body, headers), span_
+            return Outgoing(body, self.exchange, row.event_type, headers, (self.exchange,), {
+                "content_type": "application/json", "content_encoding": "utf-8",
+                "message_id": message_id}), span_
+        except BaseException as exc:
+            tracing.close_span(span_, exc)
+            raise
 
     def _set_back(self, conn, row, error, now):
         attempts = row.attempts + 1

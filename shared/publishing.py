@@ -10,12 +10,15 @@ or a delivery: every wait ends after ``timeout`` seconds.
 
 import logging
 import threading
+import time
+from dataclasses import dataclass, field
 
+import amqp
 from amqp import exceptions as amqp_errors
-from kombu import Connection, Producer
+from kombu import Connection
 from kombu.exceptions import OperationalError
 
-__all__ = ["ConfirmedPublisher", "is_broker_trouble"]
+__all__ = ["ConfirmedPublisher", "Outgoing", "is_broker_trouble"]
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +33,27 @@ def is_broker_trouble(exc):
                       | amqp_errors.NotFound)
 
 
+@dataclass
+class Outgoing:
+    """One message for ``ConfirmedPublisher.publish_batch``: its body, where it goes, its
+    headers, what to declare first, and kombu's message properties."""
+
+    body: object
+    exchange: str = ""
+    routing_key: str = ""
+    headers: dict = field(default_factory=dict)
+    declare: tuple = ()
+    properties: dict = field(default_factory=dict)
+
+
 class ConfirmedPublisher:
     """Persistent, confirmed, mandatory publishes on a connection of its own.
 
-    Any error closes the connection; the next publish opens a new one. Safe to share between
-    green threads (one publish at a time).
+    The channel is in confirm mode and the publisher numbers what it sends, so a batch is
+    sent at once and its confirms are collected afterwards by delivery tag: one wait on the
+    broker per batch instead of one per message (the outbox relay's throughput depends on it).
+    Any broker trouble closes the connection; the next publish opens a new one. Safe to share
+    between threads (one batch at a time).
     """
 
     def __init__(self, amqp_uri, timeout=5.0):
@@ -42,8 +61,12 @@ class ConfirmedPublisher:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._connection = None
-        self._producer = None
-        self._returned = []
+        self._channel = None
+        self._declared = set()  # (kind, name) of what this connection declared
+        self._sent = 0  # delivery tags given on the current channel so far
+        self._waiting = {}  # delivery tag -> index in the batch being confirmed
+        self._outcomes = None  # the batch being confirmed: its messages and their outcomes
+        self._batch = None
 
     def publish(self, body, exchange="", routing_key="", headers=None, declare=(),
                 **properties):
@@ -53,24 +76,126 @@ class ConfirmedPublisher:
         ``declare``: entities declared first, once per connection. ``properties``: kombu's
         (``serializer``, or ``content_type`` and ``content_encoding`` for a raw body, ...).
         """
+        outcomes, trouble = self.publish_batch([Outgoing(
+            body, exchange, routing_key, headers or {}, tuple(declare), properties)])
+        if trouble is not None:
+            raise trouble
+        if isinstance(outcomes[0], BaseException):
+            raise outcomes[0]
+        return outcomes[0]
+
+    def publish_batch(self, messages):
+        """Send ``messages`` (``Outgoing``), then wait for all their confirms.
+
+        Returns ``(outcomes, trouble)``. ``outcomes[i]`` is True (the broker stored message i
+        and routed it), False (unroutable: returned by the broker), an exception (this message
+        alone was refused, e.g. a header value the protocol cannot carry) or None (not
+        confirmed: the broker got into ``trouble``, an exception, before confirming it; such a
+        message may or may not have been stored). Confirmed outcomes stay valid even when
+        ``trouble`` is set.
+        """
+        outcomes = [None] * len(messages)
         with self._lock:
+            self._outcomes, self._batch = outcomes, messages
             try:
-                producer = self._producer_for()
-                self._returned.clear()
-                producer.publish(body, exchange=exchange, routing_key=routing_key,
-                                 headers=headers or {}, delivery_mode=2, mandatory=True,
-                                 retry=False, declare=list(declare), timeout=self.timeout,
-                                 confirm_timeout=self.timeout, **properties)
-            except BaseException:
+                channel = self._channel_for()
+                self._declare_once(channel, messages)
+                for index, message in enumerate(messages):
+                    try:
+                        self._send(channel, message)
+                    except Exception as exc:
+                        if is_broker_trouble(exc):
+                            raise
+                        outcomes[index] = exc  # refused before it was sent: the rest go on
+                        continue
+                    self._sent += 1
+                    self._waiting[self._sent] = index
+                    outcomes[index] = True  # until a return or a nack says otherwise
+                self._wait_for_confirms()
+            except Exception as exc:  # noqa: BLE001 - reported with what was confirmed
+                for index in self._waiting.values():
+                    outcomes[index] = None
                 self._close()
-                raise
-            return not self._returned
+                return outcomes, exc
+            finally:
+                self._outcomes = self._batch = None
+        return outcomes, None
+
+    def _declare_once(self, channel, messages):
+        # what the batch needs, each entity once per connection (as kombu's maybe_declare
+        # would, without binding a copy of it for every message)
+        for message in messages:
+            for entity in message.declare:
+                key = (type(entity).__name__, entity.name)
+                if key not in self._declared:
+                    entity(channel).declare()
+                    self._declared.add(key)
+
+    def _send(self, channel, message):
+        body = message.body
+        properties = {k: v for k, v in message.properties.items() if v is not None}
+        if isinstance(body, str):
+            body = body.encode(properties.get("content_encoding") or "utf-8")
+        exchange = getattr(message.exchange, "name", message.exchange) or ""
+        channel.basic_publish(
+            amqp.Message(body, delivery_mode=2, application_headers=message.headers or {},
+                         **properties),
+            exchange=exchange, routing_key=message.routing_key, mandatory=True,
+            timeout=self.timeout)
+
+    def _wait_for_confirms(self):
+        deadline = time.monotonic() + self.timeout
+        while self._waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self._waiting)} publish(es) not confirmed within "
+                                   f"{self.timeout:g}s")
+            self._connection.drain_events(timeout=remaining)
+
+    def _settle(self, delivery_tag, multiple, outcome):
+        tags = [t for t in self._waiting if t <= delivery_tag] if multiple else [delivery_tag]
+        for tag in tags:
+            index = self._waiting.pop(tag, None)
+            if index is not None and self._outcomes is not None and outcome is not None:
+                self._outcomes[index] = outcome
+
+    def _on_ack(self, delivery_tag, multiple):
+        self._settle(delivery_tag, multiple, None)  # keeps True, or False if it came back
+
+    def _on_nack(self, delivery_tag, multiple):
+        self._settle(delivery_tag, multiple, amqp_errors.MessageNacked(
+            "the broker could not store the message"))
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        # the broker sends basic.return before the confirm of the same message, and returns
+        # in the order they were published: the first unconfirmed message to that address
+        # (with that message id, when it has one) is the one that came back
+        if self._outcomes is None:
+            return
+        if isinstance(routing_key, bytes):
+            routing_key = routing_key.decode()
+        if isinstance(exchange, bytes):
+            exchange = exchange.decode()
+        message_id = (getattr(message, "properties", None) or {}).get("message_id")
+        for tag in sorted(self._waiting):
+            index = self._waiting[tag]
+            if self._outcomes[index] is True and self._matches(index, exchange, routing_key,
+                                                                message_id):
+                self._outcomes[index] = False
+                return
+
+    def _matches(self, index, exchange, routing_key, message_id):
+        sent = self._batch[index]
+        sent_exchange = getattr(sent.exchange, "name", sent.exchange) or ""
+        if sent_exchange != (exchange or "") or sent.routing_key != routing_key:
+            return False
+        return message_id is None or sent.properties.get("message_id") in (None, message_id)
 
     def declare(self, *entities):
         """Declare ``entities`` now, whether or not this connection declared them before."""
         with self._lock:
             try:
-                channel = self._producer_for().channel
+                channel = self._channel_for()
                 for entity in entities:
                     entity(channel).declare()
             except BaseException:
@@ -81,10 +206,11 @@ class ConfirmedPublisher:
         with self._lock:
             self._close()
 
-    def _producer_for(self):
-        if self._producer is None:
-            connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
-                                    transport_options={"confirm_publish": True})
+    def _channel_for(self):
+        if self._channel is None:
+            # confirm mode is set on the channel below, not by kombu's ``confirm_publish``
+            # (which waits for each message's confirm before sending the next)
+            connection = Connection(self.amqp_uri, connect_timeout=self.timeout)
             self._connection = connection
             # each of the broker's addresses once, without kombu's sleeps between rounds:
             # the caller has its own backoff, and may hold locks meanwhile
@@ -93,15 +219,18 @@ class ConfirmedPublisher:
             # (channel open, declarations, confirms), which py-amqp would otherwise make
             # without one
             connection.connection.transport.sock.settimeout(self.timeout)
-            self._producer = Producer(connection.channel(), on_return=self._on_return)
-        return self._producer
-
-    def _on_return(self, exc, exchange, routing_key, message):
-        # the broker sends basic.return before the confirm of the same message
-        self._returned.append(routing_key)
+            channel = connection.channel()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+            self._sent, self._waiting, self._declared = 0, {}, set()
+            self._channel = channel
+        return self._channel
 
     def _close(self):
-        connection, self._connection, self._producer = self._connection, None, None
+        connection, self._connection, self._channel = self._connection, None, None
+        self._sent, self._waiting, self._declared = 0, {}, set()
         if connection is None:
             return
         try:

@@ -9,14 +9,16 @@ task queue). A task not due yet carries its due time in ``ETA_HEADER`` and goes 
 largest level not beyond what is left; it hops again on arrival until it is due.
 """
 
+import functools
 import time
 from datetime import datetime
 
 from kombu import Exchange, Queue
 
+from shared.publishing import Outgoing
 from shared.redelivery import DELAY_HEADER
 
-__all__ = ["TaskTopology", "task_queue", "publish", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
+__all__ = ["TaskTopology", "task_queue", "outgoing", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
            "TASK_HEADER", "RUN_WITHIN_MS"]
 
 ETA_HEADER = "plinth-eta"  # when the task is due, in milliseconds since the epoch
@@ -52,17 +54,22 @@ class TaskTopology:
         return fitting[-1] if fitting else DELAY_LEVELS_MS[0]
 
 
-def publish(publisher, env, body, headers):
-    """Send a task (``env``, its JSON ``body`` and context ``headers``) from the outbox to its
-    service's queue, or into the delay level its ``eta`` asks for (used by ``outbox.Relay``).
+@functools.lru_cache(maxsize=256)
+def _topology(service):
+    # one set of entities per service: kombu remembers what it declared by entity, and
+    # building them for every row of a batch costs more than publishing it
+    return TaskTopology(service)
 
-    Returns what ``ConfirmedPublisher.publish`` does (False when unroutable: the row waits).
-    """
+
+def outgoing(env, body, headers):
+    """The message that sends a task (``env``, its JSON ``body`` and context ``headers``) from
+    the outbox to its service's queue, or into the delay level its ``eta`` asks for (used by
+    ``outbox.Relay``, which publishes it with its batch)."""
     name = env["task_type"]
-    topology = TaskTopology(name.split(".", 1)[0])
+    topology = _topology(name.split(".", 1)[0])
     # the owner's queue is declared here too: a task sent before its service ever started
     # waits in that queue rather than in the outbox, and a delayed one has a queue to return to
-    declare = [topology.queue]
+    declare = (topology.queue,)
     headers = {**headers, TASK_HEADER: name}
     properties = {"content_type": "application/json", "content_encoding": "utf-8",
                   "message_id": env["task_id"]}
@@ -72,11 +79,9 @@ def publish(publisher, env, body, headers):
         ms = topology.level_for(remaining)
         bucket = topology.delay_queue(ms)
         headers.update({ETA_HEADER: eta, DELAY_HEADER: str(ms)})
-        return publisher.publish(body, exchange=topology.delay_exchange,
-                                 routing_key=topology.queue.name, headers=headers,
-                                 declare=[*declare, bucket], **properties)
-    return publisher.publish(body, exchange="", routing_key=topology.queue.name,
-                             headers=headers, declare=declare, **properties)
+        return Outgoing(body, topology.delay_exchange, topology.queue.name, headers,
+                        (*declare, bucket), properties)
+    return Outgoing(body, "", topology.queue.name, headers, declare, properties)
 
 
 def eta_ms(value):

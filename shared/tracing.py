@@ -305,6 +305,32 @@ def finish(handle, error=None):
         pass
 
 
+def open_span(name, kind=SpanKind.INTERNAL, parent=None, attributes=None):
+    """Start a span without making it current (for work that keeps several open at once, as
+    the outbox relay does for a batch of publishes). Returns the span, or None when tracing
+    is off; end it with ``close_span``. ``parent`` as for ``start``."""
+    tracer = _state.tracer
+    if tracer is None:
+        return None
+    if isinstance(parent, dict) and not isinstance(parent, otel_context.Context):
+        parent = extract(parent)
+    return tracer.start_span(name, context=parent, kind=kind, attributes=attributes,
+                             record_exception=False, set_status_on_exception=False)
+
+
+def inject_span(carrier, span_):
+    """``inject`` with ``span_`` (from ``open_span``) as the parent the carrier names."""
+    return inject(carrier, context=trace.set_span_in_context(span_))
+
+
+def close_span(span_, error=None):
+    if span_ is None:
+        return
+    if error is not None:
+        record_error(span_, error)
+    span_.end()
+
+
 @contextlib.contextmanager
 def span(name, kind=SpanKind.INTERNAL, parent=None, attributes=None, links=None):
     """``with span("relay publish", SpanKind.PRODUCER, parent=row_context) as s:``; ``s`` is

@@ -2,12 +2,18 @@
 ``audit.export.generate`` through the real broker, read back in pages."""
 
 import json
+import os
+import time
 import uuid
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import sessionmaker
 
-from audit import chain
+from audit import chain, exports
 from audit.service import AuditService
+from shared.db import UnitOfWork, make_engine
 from shared.errors import Conflict, Invalid, NotFound
 from tests.support.audit_helpers import record_many
 from tests.support.platform import wait_for
@@ -96,3 +102,53 @@ def test_an_export_that_cannot_be_written_is_retried_then_failed(start_service, 
     with pytest.raises(Conflict) as refused:
         rpc.call("audit", "read_export", kwargs={"export_id": asked["id"]})
     assert refused.value.details == {"status": "failed"}
+
+
+def test_retention_deletes_expired_exports_rows_and_files_and_dead_partials_only(
+        start_service, rpc, tmp_path, pg_uri):
+    folder = tmp_path / "exports"
+    start_service(AuditService, AUDIT_EXPORT_DIR=str(folder), AUDIT_EXPORT_RETENTION_DAYS=1)
+    subject = f"expire-{uuid.uuid4().hex[:8]}"
+    record_many(rpc, 3, subject=subject)
+    old, recent = (rpc.call("audit", "start_export", kwargs={"subject": subject})["id"]
+                   for _ in range(2))
+    for export_id in (old, recent):
+        assert _done(rpc, export_id)["status"] == "done"
+    engine = make_engine(pg_uri, "audit")
+    try:
+        with engine.begin() as conn:  # the first finished two days ago
+            conn.execute(exports.EXPORTS.update().where(exports.EXPORTS.c.id == old).values(
+                finished_at=exports.utcnow() - timedelta(days=2)))
+        dead = folder / f".{old}.ndjson.123.deadbeef.partial"  # a generation that died
+        busy = folder / f".{recent}.ndjson.456.cafebabe.partial"  # one still writing
+        mine = folder / "my-own-copy.ndjson"  # an export_file the operator named
+        for path in (dead, busy, mine):
+            path.write_text("x")
+        hours_ago = time.time() - 2 * 3600
+        os.utime(dead, (hours_ago, hours_ago))
+
+        uow = UnitOfWork(sessionmaker(bind=engine), "audit", {"request_id": "retention-test"})
+        uow.dispatch("audit.retention.purge", {"slot": 0, "every": 3600})
+        uow.commit()
+        uow.close()
+
+        def purged():
+            with pytest.raises(NotFound):
+                rpc.call("audit", "get_export", kwargs={"export_id": old})
+            return not exports.file_of(folder, old).exists() and not dead.exists()
+
+        wait_for(lambda: _quietly(purged), timeout=20, interval=0.1, what="the purge")
+        assert rpc.call("audit", "get_export", kwargs={"export_id": recent})["status"] == "done"
+        assert exports.file_of(folder, recent).exists() and busy.exists() and mine.exists()
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(exports.EXPORTS)
+                                .where(exports.EXPORTS.c.id == old)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def _quietly(check):
+    try:
+        return check()
+    except (AssertionError, pytest.fail.Exception):
+        return False

@@ -225,6 +225,30 @@ def test_a_periodic_task_runs_once_per_period_with_two_instances(start_service, 
     assert len({task_id for _, task_id, _, _ in ticks}) == len(ticks)  # none ran twice
 
 
+def test_a_periodic_task_goes_on_after_a_restart_without_repeating_a_period(start_service, rpc):
+    """The schedule lives in the service's table, not in the process: an instance started
+    after another stopped neither runs a period that one ran nor stops the ticking."""
+    first = start_service(TaskProbe)
+    started = time.time()
+    # wait for a period the first instance ran, then replace it at once
+    until(lambda: any(f"tick-{slot}" in rpc.call("probe", "tallies", ["tick-"])
+                      for slot in range(int(started) + 1, int(time.time()) + 1)),
+          timeout=5, what="a tick of the first instance")
+    down = time.time()
+    first.stop()
+    start_service(TaskProbe)
+    up = time.time()
+    eventlet.sleep(3.5)
+    counts = rpc.call("probe", "tallies", ["tick-"])
+    assert all(count == 1 for count in counts.values()), counts  # no period ran twice
+    ran = sorted(int(subject.split("-")[1]) for subject in counts)
+    assert max(ran) >= int(up) + 2, "the schedule did not go on after the restart"
+    # only a period that began and ended while no instance ran may be missing
+    for slot in range(int(started) + 1, int(time.time())):
+        if not (down <= slot and slot + 1 <= up):
+            assert slot in ran, (slot, ran, down, up)
+
+
 def test_an_unknown_task_or_bad_data_is_refused_at_dispatch_with_nothing_written(
         start_service, rpc, pg_uri):
     start_service(TaskProbe)
