@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from authz import assignments, effective
 from authz.models import ADMIN, GLOBAL, Assignment, Bootstrap
+from shared.actors import TOKEN_KEY, ServiceTokens
 from shared.backoff import NO_JITTER, Backoff
 from shared.config import AMQP_URI_KEY, ConfigError, secret, setting
 from shared.context import bind, new_request_id
@@ -188,10 +189,12 @@ class BootstrapAdmin(DependencyProvider):
     placeholder in production), ``IDENTITY_RPC_TIMEOUT`` (s, default 5),
     ``BOOTSTRAP_RETRY_MAX_DELAY`` (s, default 10). ``/health`` shows its state
     (``bootstrap_admin``: disabled, pending, done, skipped, failed or refused) and, when it
-    failed or was refused, why (``bootstrap_admin_problem``).
+    failed or was refused, why (``bootstrap_admin_problem``). Its calls carry authz's own
+    service token as their proof (shared.actors).
     """
 
     hub = Hub()
+    tokens = ServiceTokens()
 
     def __init__(self):
         self.state = "disabled"
@@ -240,7 +243,9 @@ class BootstrapAdmin(DependencyProvider):
         bind(dict(context))  # this thread's log lines carry its request id and actor
 
         def call_identity(method, **kwargs):
-            return client.call("identity", method, kwargs=kwargs, context=context,
+            token = self.tokens.token() if self.tokens.enforced else None
+            proven = {**context, TOKEN_KEY: token} if token else context
+            return client.call("identity", method, kwargs=kwargs, context=proven,
                                timeout=self.timeout)
 
         backoff = Backoff(initial=0.2, maximum=self.max_delay, jitter=NO_JITTER)
