@@ -24,7 +24,6 @@ from shared.errors import Forbidden, Unauthorized
 from shared.proof import development_service_secret
 from tests.support.fault_helpers import (
     PASSWORD,
-    Database,
     SigningKey,
     claims_for,
     mint,
@@ -34,13 +33,6 @@ from tests.support.platform import API, bearer, platform_fixture, wait_for
 
 platform = platform_fixture(name="sec-actors")
 NEW_PASSWORD = "cobalt-Harbor-93-lantern"
-
-
-@pytest.fixture(scope="module")
-def db(platform):
-    database = Database(platform.db_uri)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture(scope="module")

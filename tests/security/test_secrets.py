@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.events import EventTap
-from tests.support.fault_helpers import Database, signing_key
+from tests.support.fault_helpers import signing_key
 from tests.support.platform import API, AUTH_SECRET, SERVICES, bearer, platform_fixture, wait_for
 
 platform = platform_fixture(name="sec-secrets")
@@ -32,13 +32,6 @@ NEW_PASSWORD = f"Changed-{uuid.uuid4().hex[:12]}"
 WRONG_PASSWORD = f"Wrong-guess-{uuid.uuid4().hex[:12]}"
 DUPLICATE_PASSWORD = f"Duplicate-{uuid.uuid4().hex[:12]}"
 WEAK_PASSWORD = "password1"  # refused by the policy: still never to be written down
-
-
-@pytest.fixture(scope="module")
-def db(platform):
-    database = Database(platform.db_uri)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture(scope="module")
