@@ -13,7 +13,7 @@ SERVICES ?= $(sort $(patsubst %/migrations/env.py,%,$(wildcard */migrations/env.
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup run test test-unit test-integration test-e2e test-fault test-security \
-        lint format migrate shell tasks bench admin service clean
+        lint format migrate shell tasks bench admin service broker-users clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ endif
 admin: $(STAMP)  ## create or promote an administrator: make admin EMAIL=you@example.com
 	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }
 	$(BIN)/python -m authz.admin --email "$(EMAIL)" --config config/authz.yaml
+
+broker-users: $(STAMP)  ## each process's RabbitMQ user and permissions (ARGS=--check reports drift)
+	$(BIN)/python -m deploy.broker_users $(ARGS)
 
 service: $(STAMP)  ## generate a feature service: make service NAME=billing
 	@test -n "$(NAME)" || { echo "usage: make service NAME=billing"; exit 2; }

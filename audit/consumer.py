@@ -29,6 +29,7 @@ from shared import compat, tracing
 from shared import config as cfg
 from shared.backoff import NO_JITTER, WIDE_JITTER, Backoff
 from shared.hub import Hub
+from shared.senders import Senders, user_of
 
 __all__ = ["TrailConsumer", "Trail", "SOURCES_KEY", "QUEUE_KEY",
            "QUEUE_VERSION_KEY", "BATCH_SIZE_KEY", "BATCH_WAIT_MS_KEY", "PREFETCH_KEY",
@@ -56,6 +57,7 @@ class Stats:
     def __init__(self):
         self.received = self.written = self.duplicates = self.batches = 0
         self.failures = self.placeholders = 0
+        self.dropped_sender = 0  # events not sent by their source's identity (shared.senders)
         self.connected = False
         self.last_error = None
         self.last_batch = None
@@ -77,6 +79,7 @@ class TrailConsumer(DependencyProvider):
     """Consumes the sources' events in batches (see the module docstring)."""
 
     hub = Hub()
+    reads_every_event = True  # deploy/broker_users.py: bound to every service's events
 
     def setup(self):
         config = self.container.config
@@ -93,6 +96,7 @@ class TrailConsumer(DependencyProvider):
         self.max_data_bytes = cfg.setting(config, MAX_DATA_BYTES_KEY, entries.MAX_DATA_BYTES,
                                           int)
         self.redactor = Redactor(cfg.list_setting(config, REDACT_KEYS_KEY, separators=", "))
+        self.senders = Senders(config, own=self.container.service_name)
         self.stats = Stats()
         self._buffer = []  # (message, entry, generation) in delivery order
         self._buffer_since = 0.0
@@ -180,7 +184,8 @@ class TrailConsumer(DependencyProvider):
             self._wake.set()
 
     def _consume(self):
-        connection = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=5)
+        connection = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=5,
+                                ssl=cfg.amqp_ssl(self.container.config) or False)
         self._connection = connection
         connection.ensure_connection(max_retries=1)
         sock = compat.read_ahead(connection.connection)
@@ -224,6 +229,14 @@ class TrailConsumer(DependencyProvider):
         routing_key = message.delivery_info.get("routing_key") or ""
         exchange = message.delivery_info.get("exchange") or ""
         source = exchange[:-len(".events")] if exchange.endswith(".events") else exchange
+        if not self.senders.accepts(user_of(message), source):
+            self.senders.refuse("audit trail", source, user_of(message),
+                                message.properties.get("message_id"))
+            self.stats.dropped_sender += 1
+            # no entry; acknowledged with the batch it falls in
+            self._buffer.append((message, None, self._generation))
+            self._wake.set()
+            return None
         if not tracing.enabled():
             return self._take(message, routing_key, source)
         # the event's consumer span, in the trace of the unit of work that wrote it
@@ -283,7 +296,9 @@ class TrailConsumer(DependencyProvider):
         backoff = Backoff(initial=0.2, maximum=5.0, jitter=NO_JITTER)
         while True:
             try:
-                self._append([entry for _, entry, _ in batch])
+                kept = [entry for _, entry, _ in batch if entry is not None]
+                if kept:
+                    self._append(kept)
                 break
             except Exception as exc:  # noqa: BLE001 - the batch is kept and retried
                 attempt += 1

@@ -3,7 +3,6 @@ import logging
 from datetime import timedelta
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from auth import credentials, keys, logins, schemas, sessions, throttle
@@ -16,7 +15,7 @@ from shared.db import Database
 from shared.errors import Conflict, Unauthorized
 from shared.events import event_handler
 from shared.retention import Retention, retention_every
-from shared.rpc import call_service, load, rpc
+from shared.rpc import ServiceRpc, call_service, load, rpc
 from shared.tasks import task
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class AuthService(kernel.ServiceBase):
     tokens = TokenKeys()
     guard = Guard()
     retention = Retention(sessions=(SESSION_RETENTION_KEY, 1))
-    identity_rpc = RpcProxy("identity")
+    identity_rpc = ServiceRpc("identity", calls=("verify_credentials", "get_user"))
 
     def _identity(self, method):
         return functools.partial(call_service, "identity", getattr(self.identity_rpc, method),

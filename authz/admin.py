@@ -11,6 +11,7 @@ nothing.
 import argparse
 import getpass
 import sys
+import uuid
 
 from sqlalchemy.orm import sessionmaker
 
@@ -70,7 +71,8 @@ def main(argv=None, password_source=prompt_password, out=sys.stdout):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config = load_config(args.config)
     engine = make_engine(db_uri(SCHEMA, config), SCHEMA, pool_size=1)
-    client = RpcClient(setting(config, AMQP_URI_KEY, DEFAULT_AMQP_URI), timeout=args.timeout)
+    client = RpcClient(setting(config, AMQP_URI_KEY, DEFAULT_AMQP_URI), timeout=args.timeout,
+                       name=f"rpc.reply-authz-admin-{uuid.uuid4().hex}")
     context = {**bootstrap.system_context(), "actor_id": "authz-admin-cli"}
     uow = UnitOfWork(sessionmaker(bind=engine, expire_on_commit=False), SCHEMA, context)
     try:
@@ -80,9 +82,7 @@ def main(argv=None, password_source=prompt_password, out=sys.stdout):
                   file=sys.stderr)
             return 1
 
-        def call_identity(method, **kwargs):
-            return client.call("identity", method, kwargs=kwargs, context=context)
-
+        call_identity = bootstrap.identity_caller(client, context)
         result = bootstrap.ensure_admin(call_identity, uow, args.email.strip(),
                                         password=password_source,
                                         display_name=args.display_name)

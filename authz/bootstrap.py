@@ -19,6 +19,7 @@ to make an existing account (or a new one) admin.
 
 import logging
 import threading
+import uuid
 
 import sqlalchemy as sa
 from nameko.extensions import DependencyProvider
@@ -28,6 +29,7 @@ from authz import assignments, effective
 from authz.models import ADMIN, GLOBAL, Assignment, Bootstrap
 from shared.actors import TOKEN_KEY, ServiceTokens
 from shared.backoff import NO_JITTER, Backoff
+from shared.calls import check_declared
 from shared.config import AMQP_URI_KEY, ConfigError, secret, setting
 from shared.context import bind, new_request_id
 from shared.db import UnitOfWork
@@ -182,6 +184,21 @@ def _describe(error):
     return f"{error.message} ({fields})" if fields else error.message
 
 
+# what the bootstrap (and `make admin`) call on identity: the one list deploy/broker_users.py
+# allows authz's broker user to send for them
+IDENTITY_CALLS = frozenset({"create_user", "get_user", "get_user_by_email"})
+
+
+def identity_caller(client, context, timeout=None):
+    """``call_identity(method, **kwargs)`` over ``client`` (an ``RpcClient``), limited to
+    ``IDENTITY_CALLS``."""
+    def call_identity(method, **kwargs):
+        check_declared(IDENTITY_CALLS, "identity", method)
+        return client.call("identity", method, kwargs=kwargs, context=context, timeout=timeout)
+
+    return call_identity
+
+
 class BootstrapAdmin(DependencyProvider):
     """Runs ``bootstrap_admin`` once the container runs, retrying until identity answers.
 
@@ -194,6 +211,7 @@ class BootstrapAdmin(DependencyProvider):
     """
 
     hub = Hub()
+    rpc_calls = {"identity": IDENTITY_CALLS}  # read by deploy/broker_users.py
     tokens = ServiceTokens()
 
     def __init__(self):
@@ -237,16 +255,16 @@ class BootstrapAdmin(DependencyProvider):
         self.state, self.problem = state, problem
 
     def run(self):
-        client = RpcClient(self.amqp_uri, timeout=self.timeout)
+        client = RpcClient(self.amqp_uri, timeout=self.timeout,
+                           name=f"rpc.reply-authz-bootstrap-{uuid.uuid4().hex}")
         client.start()
         context = system_context()
         bind(dict(context))  # this thread's log lines carry its request id and actor
 
-        def call_identity(method, **kwargs):
+        def call_identity(method, **kwargs):  # with authz's own token as its proof
             token = self.tokens.token() if self.tokens.enforced else None
             proven = {**context, TOKEN_KEY: token} if token else context
-            return client.call("identity", method, kwargs=kwargs, context=proven,
-                               timeout=self.timeout)
+            return identity_caller(client, proven, self.timeout)(method, **kwargs)
 
         backoff = Backoff(initial=0.2, maximum=self.max_delay, jitter=NO_JITTER)
         try:

@@ -1,7 +1,6 @@
 import logging
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 
 from authz import assignments, effective, roles, schemas
 from authz.bootstrap import BootstrapAdmin
@@ -13,7 +12,7 @@ from shared.errors import NotFound
 from shared.events import event_handler
 from shared.ids import is_uuid
 from shared.retention import Retention, retention_every
-from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
+from shared.rpc import ServiceRpc, call_service, load, rpc, rpc_input, rpc_timeout
 from shared.tasks import task
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ class AuthzService(kernel.ServiceBase):
 
     config = Config()
     db = Database(Base.metadata)
-    identity_rpc = RpcProxy("identity")
+    identity_rpc = ServiceRpc("identity", calls=("get_user",))
     bootstrap_admin = BootstrapAdmin()
     retention = Retention()
 

@@ -14,6 +14,10 @@ case "$role" in
     python -m auth.credentials register ${SERVICES:-identity auth authz audit}
     exec python -m deploy.grants
     ;;
+  broker-users)
+    # each process's RabbitMQ user and permissions (deploy/broker_users.py)
+    exec python -m deploy.broker_users
+    ;;
   -*|sh|bash|python)
     exec "$@"
     ;;

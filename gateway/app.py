@@ -10,6 +10,7 @@ from flask import Flask, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import (
+    authz_cache,
     dashboard,
     dispatch,
     errors,
@@ -20,6 +21,7 @@ from gateway import (
     observability,
     openapi,
     request_state,
+    revocations,
 )
 from gateway import settings as settings_module
 from gateway.authz_cache import EventListener, PermissionCache
@@ -31,6 +33,7 @@ from gateway.routes import RATE_CLASSES, load_routes
 from gateway.rpc import RpcPool
 from gateway.security import Jwks, TokenValidator, bearer_token, rejected
 from shared import context, tracing
+from shared.calls import check_declared
 from shared.config import require_strong_credentials
 from shared.errors import PlinthError
 
@@ -93,8 +96,19 @@ def _system_context():
             "actor_id": "gateway"}
 
 
+# what the gateway calls beyond its route table: with the routes, the one list of the RPC
+# routing keys deploy/broker_users.py allows the gateway's broker user to publish
+SYSTEM_CALLS = {"auth": frozenset({"jwks", "revoked_sessions"}),
+                "authz": frozenset({"effective_permissions"})}
+# the events each gateway process listens to: (source service, routing key)
+SUBSCRIPTIONS = ((authz_cache.SOURCE, authz_cache.ROUTING_KEY),
+                 (revocations.SOURCE, revocations.ROUTING_KEY))
+
+
 def _system_call(rpc, service, method, timeout):
     """A function calling ``service.method()`` as the gateway itself."""
+    check_declared(SYSTEM_CALLS.get(service, ()), service, method)
+
     def call():
         return rpc.call(service, method, timeout=timeout, context=_system_context())
 
@@ -125,6 +139,7 @@ def _token_validator(settings, jwks):
 
 def _permission_cache(settings, rpc):
     timeout = settings.get_as("AUTHZ_TIMEOUT", float)
+    check_declared(SYSTEM_CALLS["authz"], "authz", "effective_permissions")
 
     def effective_permissions(user_id):  # as the client whose request needs them
         return rpc.call("authz", "effective_permissions", kwargs={"user_id": user_id},

@@ -30,7 +30,7 @@ __all__ = ["PermissionCache", "EventListener", "ROUTING_KEY"]
 
 log = logging.getLogger("gateway.authz")
 
-ROUTING_KEY = "role.#"
+SOURCE, ROUTING_KEY = "authz", "role.#"  # what the listener binds (deploy/broker_users.py)
 
 
 class PermissionCache:
@@ -96,7 +96,7 @@ class EventListener(EventSubscription):
     """Consumes ``authz.events`` ``role.*`` into ``cache`` from a daemon thread."""
 
     def __init__(self, amqp_uri, cache, routing_key=ROUTING_KEY, heartbeat=DEFAULT_HEARTBEAT):
-        super().__init__(amqp_uri, "authz", routing_key, "authz-events", heartbeat)
+        super().__init__(amqp_uri, SOURCE, routing_key, "authz-events", heartbeat)
         self.cache = cache
 
     def on_bound(self):

@@ -24,7 +24,10 @@ import threading
 import time
 import uuid
 
+from gateway import metrics
 from shared.backoff import NO_JITTER, Backoff
+from shared.config import amqp_ssl
+from shared.senders import Senders, user_of
 
 __all__ = ["EventSubscription", "DEFAULT_HEARTBEAT"]
 
@@ -39,6 +42,7 @@ class EventSubscription:
         self.amqp_uri = amqp_uri
         self.source, self.routing_key, self.name = source, routing_key, name
         self.heartbeat = max(1, int(heartbeat))
+        self.senders = Senders({})  # BROKER_USER_PREFIX from the environment
         self.queue_prefix = (f"gateway-{name}-{socket.gethostname()}-{os.getpid()}-"
                              f"{uuid.uuid4().hex[:8]}")
         self.queue_name = None
@@ -86,6 +90,12 @@ class EventSubscription:
 
     def _on_message(self, body, message):
         try:
+            if not self.senders.accepts(user_of(message), self.source):
+                # not from the source's broker identity (shared.senders): dropped, counted
+                self.senders.refuse(f"gateway {self.name}", self.source, user_of(message),
+                                    message.properties.get("message_id"))
+                metrics.EVENTS_DROPPED.labels(self.source).inc()
+                return
             self.received += 1
             self.on_event(body, message.delivery_info.get("routing_key", ""))
         finally:
@@ -98,27 +108,40 @@ class EventSubscription:
                 self._listen()
                 backoff.reset()
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                new_kind = type(exc) is not type(self.last_error)
                 self.last_error = exc
                 if self._connected.is_set():
                     log.warning("lost %s events (%s: %s); reconnecting", self.source,
                                 type(exc).__name__, exc)
+                elif new_kind:  # e.g. refused by the broker: said once, not at every retry
+                    log.warning("cannot listen to %s events yet (%s: %s); retrying",
+                                self.source, type(exc).__name__, exc)
                 self._connected.clear()
                 self._stopped.wait(backoff.next())
         self._connected.clear()
 
     def _listen(self):
         """One connection: bind a fresh queue, consume until stopped or the link fails."""
+        from amqp.exceptions import NotFound
         from kombu import Connection, Consumer, Queue
         from nameko.standalone.events import get_event_exchange
 
-        conn = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=3)
+        conn = Connection(self.amqp_uri, heartbeat=self.heartbeat, connect_timeout=3,
+                          ssl=amqp_ssl() or False)
         try:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             exchange = get_event_exchange(self.source, {})
-            exchange(channel).declare()
+            try:
+                # passively: the gateway's broker user may not declare it (deploy/broker_users)
+                exchange(channel).declare(passive=True)
+            except NotFound:  # not there yet: declared by those allowed to
+                channel = conn.channel()
+                exchange(channel).declare()
             self.queue_name = f"{self.queue_prefix}-{self.connections + 1}"
-            queue = Queue(self.queue_name, exchange=exchange, routing_key=self.routing_key,
+            # the queue's own declaration must not declare the exchange again (not passively)
+            existing = get_event_exchange(self.source, {"DECLARE_EVENT_EXCHANGES": False})
+            queue = Queue(self.queue_name, exchange=existing, routing_key=self.routing_key,
                           exclusive=True, auto_delete=True, durable=False)
             consumer = Consumer(channel, queues=[queue], callbacks=[self._on_message],
                                 accept=["json"])

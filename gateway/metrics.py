@@ -19,8 +19,8 @@ from prometheus_client import (
 )
 
 __all__ = ["REQUEST_LATENCY", "REQUESTS", "RPC_LATENCY", "AUTHZ_CACHE", "JWKS_FETCHES",
-           "AUTHZ_EVENTS", "BREAKER_STATE", "TRACE_SPANS_DROPPED", "observe_request",
-           "trace_spans_dropped", "breaker_changed", "register"]
+           "AUTHZ_EVENTS", "EVENTS_DROPPED", "BREAKER_STATE", "TRACE_SPANS_DROPPED",
+           "observe_request", "trace_spans_dropped", "breaker_changed", "register"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -40,6 +40,9 @@ AUTHZ_CACHE = Counter(
 AUTHZ_EVENTS = Counter(
     "gateway_authz_events", "authz events received (each invalidates cached permissions)",
     ["event_type"])
+EVENTS_DROPPED = Counter(
+    "gateway_events_dropped_sender", "Events dropped: not sent by their source service's "
+    "broker identity (shared.senders)", ["source"])
 JWKS_FETCHES = Counter(
     "gateway_jwks_fetches", "Fetches of auth's public keys", ["outcome"])
 

@@ -29,7 +29,7 @@ __all__ = ["RevokedSessions", "SessionListener", "ROUTING_KEY"]
 
 log = logging.getLogger("gateway.revocations")
 
-ROUTING_KEY = "session.revoked"
+SOURCE, ROUTING_KEY = "auth", "session.revoked"  # what the listener binds (deploy/broker_users.py)
 DEFAULT_WINDOW = 3600.0  # until auth says how long its access tokens live
 MAX_ENTRIES = 1_000_000
 
@@ -71,7 +71,7 @@ class SessionListener(EventSubscription):
     auth's ``revoked_sessions`` answer (``{"session_ids": [...], "window": seconds}``)."""
 
     def __init__(self, amqp_uri, revoked, fetch, heartbeat=DEFAULT_HEARTBEAT, retry_fetch=2.0):
-        super().__init__(amqp_uri, "auth", ROUTING_KEY, "session-events", heartbeat)
+        super().__init__(amqp_uri, SOURCE, ROUTING_KEY, "session-events", heartbeat)
         self.revoked = revoked
         self.fetch = fetch
         self.retry_fetch = retry_fetch

@@ -1,5 +1,4 @@
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 
 from identity import provisioning, schemas, users
 from identity.dependencies import Passwords
@@ -10,7 +9,7 @@ from shared.config import setting
 from shared.db import Database
 from shared.errors import NotFound
 from shared.retention import Retention, retention_every
-from shared.rpc import call_service, load, rpc, rpc_input, rpc_timeout
+from shared.rpc import ServiceRpc, call_service, load, rpc, rpc_input, rpc_timeout
 from shared.sagas import Sagas
 from shared.tasks import task
 
@@ -25,7 +24,7 @@ class IdentityService(kernel.ServiceBase):
     config = Config()
     db = Database(Base.metadata)
     passwords = Passwords()
-    authz_rpc = RpcProxy("authz")
+    authz_rpc = ServiceRpc("authz", calls=("global_admins",))
     sagas = Sagas(provisioning.PROVISION_USER)
     retention = Retention()
 

@@ -32,8 +32,10 @@ ever copied out of context data, and ``access_token`` is not one of them.
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
+import uuid
 import weakref
 
 from nameko.extensions import DependencyProvider, SharedExtension
@@ -69,6 +71,12 @@ def _enforced(config):
     return value == "enforce"
 
 
+# what the kernel calls for the proofs (deploy/broker_users.py derives the broker permissions
+# of every service from ``Proof.rpc_calls``)
+KERNEL_CALLS = {"auth": frozenset({"jwks", "issue_service_token", "session_active"}),
+                "authz": frozenset({"check"})}
+
+
 class ServiceTokens(SharedExtension):
     """The container's RPC client for proof work, and its own service token.
 
@@ -98,9 +106,11 @@ class ServiceTokens(SharedExtension):
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
+                    service = self.container.service_name
+                    # its broker user may read only reply queues named after the service
+                    name = f"rpc.reply-{service}-proof-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                     self._client = RpcClient(self.container.config[cfg.AMQP_URI_KEY],
-                                             timeout=self.timeout,
-                                             name=None).start()
+                                             timeout=self.timeout, name=name).start()
         return self._client
 
     def call(self, target, method, **kwargs):
@@ -201,6 +211,7 @@ class Proof(DependencyProvider):
     """
 
     tokens = ServiceTokens()
+    rpc_calls = KERNEL_CALLS  # read by deploy/broker_users.py
 
     def setup(self):
         config = self.container.config

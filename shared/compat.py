@@ -141,6 +141,14 @@ class KeptConnectionRpcConsumer(RpcConsumer):
             self._sender.close()
 
     def handle_result(self, message, result, exc_info):
+        if not message.properties.get("reply_to"):
+            # nobody to answer (a malformed or forged request): raised from here, the
+            # KeyError would kill the whole container
+            log.warning("dropped an RPC request to %s without reply_to (%s)",
+                        message.delivery_info.get("routing_key"),
+                        type(exc_info[1]).__name__ if exc_info else "no error")
+            self.queue_consumer.ack_message(message)
+            return result, exc_info
         try:
             if self._sender is None:
                 result, exc_info = self._nameko_reply(message, result, exc_info)

@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import yaml
+
 __all__ = [
     "DB_URI_KEY",
     "AMQP_URI_KEY",
@@ -25,6 +27,8 @@ __all__ = [
     "as_list",
     "list_setting",
     "renamed_setting",
+    "amqp_ssl",
+    "AMQP_SSL_KEY",
     "ConfigError",
 ]
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DB_URI_KEY = "DB_URI"
 AMQP_URI_KEY = "AMQP_URI"
+AMQP_SSL_KEY = "AMQP_SSL"
 ENVIRONMENT_KEY = "PLINTH_ENV"
 
 # In production a secret must be at least this long and this varied: the Shannon entropy of
@@ -122,6 +127,29 @@ def renamed_setting(config, key, old_key, default=None, cast=None):
         log.warning("%s is deprecated: set %s instead", old_key, key)
         key = old_key
     return setting(config, key, default, cast)
+
+
+def amqp_ssl(config=None):
+    """The TLS options of broker connections, or None for plain TCP.
+
+    ``AMQP_SSL`` is nameko's own setting, which it hands to kombu as it is: a mapping of
+    py-amqp's ssl options (``ca_certs``, ``certfile``, ``keyfile``, ``cert_reqs``: 2 to verify
+    the broker's certificate, ``server_hostname``: the name it must carry). Given in the config,
+    or in the environment as a YAML mapping (``{ca_certs: /certs/ca.pem, cert_reqs: 2}``);
+    every connection of the kernel and the gateway uses the same options.
+    """
+    value = (config or {}).get(AMQP_SSL_KEY)
+    if value in (None, ""):
+        text = os.environ.get(AMQP_SSL_KEY, "").strip()
+        value = yaml.safe_load(text) if text else None
+    if value in (None, False, ""):
+        return None
+    if value is True:
+        return True  # TLS with the default options
+    if not isinstance(value, dict):
+        raise ConfigError(f"{AMQP_SSL_KEY} must be a mapping of TLS options (ca_certs, "
+                          "certfile, keyfile, cert_reqs, server_hostname)")
+    return dict(value)
 
 
 def bits_per_character(text):

@@ -18,7 +18,8 @@ import time
 from nameko import events as nameko_events
 
 from shared.metrics import MetricsRegistry
-from shared.redelivery import Redelivery, RetryPolicy
+from shared.redelivery import Redelivery, RetryPolicy, bound_by_name
+from shared.senders import Senders, user_of
 
 __all__ = ["EventHandler", "event_handler", "CONFIG_PREFIX"]
 
@@ -45,6 +46,8 @@ class EventHandler(nameko_events.EventHandler):
 
     def setup(self):
         super().setup()
+        # retries come back through the service's queues exchange (shared.redelivery)
+        bound_by_name(self.queue, self.container.service_name)
         self.backoff = RetryPolicy.from_config(self.container.config, CONFIG_PREFIX,
                                            max_attempts=self.max_attempts)
         self.retries = self.metrics.counter(
@@ -52,6 +55,21 @@ class EventHandler(nameko_events.EventHandler):
         self.dead_letters = self.metrics.counter(
             "plinth_event_dead_letters", "Events given up into the dead-letter queue",
             ["handler", "reason"])
+        self.senders = Senders(self.container.config, own=self.container.service_name)
+        self.forged = self.metrics.counter(
+            "plinth_events_dropped_sender", "Events dropped: not sent by their source "
+            "service's broker identity (shared.senders)", ["handler", "source"])
+
+    def handle_message(self, body, message):
+        # before any work: an event its source's identity did not send is dropped (acked)
+        if not self.senders.accepts(user_of(message), self.source_service):
+            handler = f"{self.container.service_name}.{self.method_name}"
+            self.senders.refuse(handler, self.source_service, user_of(message),
+                                _event_id(message))
+            self.forged.labels(handler, self.source_service).inc()
+            self.queue_consumer.ack_message(message)
+            return
+        super().handle_message(body, message)
 
     def handle_message_processed(self, message, result=None, exc_info=None):
         # runs in the worker's thread: raising here would kill the container

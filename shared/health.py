@@ -66,7 +66,8 @@ def check_migrations(database):
 
 def check_broker(amqp_uri):
     def probe():
-        with Connection(amqp_uri, connect_timeout=CHECK_TIMEOUT) as conn:
+        with Connection(amqp_uri, connect_timeout=CHECK_TIMEOUT,
+                        ssl=cfg.amqp_ssl() or False) as conn:
             conn.ensure_connection(max_retries=1)
     return probe
 

@@ -29,7 +29,7 @@ from nameko.standalone.events import get_event_exchange
 
 from shared import task_queues, tracing
 from shared.backoff import WIDE_JITTER, Backoff
-from shared.config import setting
+from shared.config import amqp_ssl, setting
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY, actor_from
 from shared.publishing import ConfirmedPublisher, Outgoing, is_broker_trouble
 
@@ -193,7 +193,8 @@ class Relay:
         self.policy = policy or RelayPolicy()
         self.exchange = get_event_exchange(service, config or {})
         self.outbox = _tables(service)[0]
-        self.publisher = ConfirmedPublisher(amqp_uri, timeout=self.policy.confirm_timeout)
+        self.publisher = ConfirmedPublisher(amqp_uri, timeout=self.policy.confirm_timeout,
+                                            ssl=amqp_ssl(config))
         self._wake = threading.Event()
         self._running = False
         self._last_count = 0.0
@@ -283,7 +284,8 @@ class Relay:
             sent = tracing.inject_span({}, span_) if span_ is not None else stored
             headers = headers_for(row.payload, sent)
             if "task_id" in row.payload:  # a task goes to its service's task queue
-                return task_queues.outgoing(row.payload, body, headers), span_
+                return task_queues.outgoing(row.payload, body, headers,
+                                           sender=self.service), span_
             return Outgoing(body, self.exchange, row.event_type, headers, (self.exchange,), {
                 "content_type": "application/json", "content_encoding": "utf-8",
                 "message_id": message_id}), span_

@@ -12,11 +12,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import amqp
 from amqp import exceptions as amqp_errors
 from kombu import Connection
 from kombu.exceptions import OperationalError
+
+from shared.config import amqp_ssl
 
 __all__ = ["ConfirmedPublisher", "Outgoing", "is_broker_trouble"]
 
@@ -56,8 +59,13 @@ class ConfirmedPublisher:
     between threads (one batch at a time).
     """
 
-    def __init__(self, amqp_uri, timeout=5.0):
+    def __init__(self, amqp_uri, timeout=5.0, ssl=None):
         self.amqp_uri = amqp_uri
+        self.ssl = ssl if ssl is not None else amqp_ssl()  # TLS options (shared.config)
+        # every message carries its sender's broker user, which RabbitMQ validates
+        # (shared.senders): consumers can tell who published it
+        first = str(amqp_uri or "").split(";", 1)[0].strip()
+        self.user_id = unquote(urlsplit(first).username or "guest")
         self.timeout = timeout
         self._lock = threading.Lock()
         self._connection = None
@@ -134,6 +142,7 @@ class ConfirmedPublisher:
     def _send(self, channel, message):
         body = message.body
         properties = {k: v for k, v in message.properties.items() if v is not None}
+        properties["user_id"] = self.user_id
         if isinstance(body, str):
             body = body.encode(properties.get("content_encoding") or "utf-8")
         exchange = getattr(message.exchange, "name", message.exchange) or ""
@@ -210,7 +219,8 @@ class ConfirmedPublisher:
         if self._channel is None:
             # confirm mode is set on the channel below, not by kombu's ``confirm_publish``
             # (which waits for each message's confirm before sending the next)
-            connection = Connection(self.amqp_uri, connect_timeout=self.timeout)
+            connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
+                                    ssl=self.ssl or False)
             self._connection = connection
             # each of the broker's addresses once, without kombu's sleeps between rounds:
             # the caller has its own backoff, and may hold locks meanwhile

@@ -3,19 +3,25 @@
 When a consumer's handler fails, the message is not slept on nor requeued at once: it is
 republished into a *delay queue* and acknowledged. A delay queue holds messages for a fixed
 time (``x-message-ttl``) and has no consumer; when a message expires the broker dead-letters
-it through the default exchange with the routing key it was published with -- the name of
-the queue it came from -- so it arrives back in that queue, where any instance takes it.
+it through the service's *queues exchange* with the routing key it was published with -- the
+name of the queue it came from -- so it arrives back in that queue, where any instance takes
+it. (Not the default exchange: publishing there would reach every queue of the vhost, which a
+least-privilege broker user must not be allowed; see deploy/broker_users.py.)
 After ``max_attempts`` failures, or at once for a client error that no retry can cure, the
 message goes to the service's *dead-letter queue* instead, where an operator finds it.
 
 Broker topology of a service ``S`` (all durable):
 
-- exchange ``S.delay`` (headers): routes a message to the delay queue whose binding matches
+- exchange ``S.queues`` (topic): each queue of the service that may take a message back (its
+  event handlers' queues, its task queue, its dead-letter queue) is bound to it under its own
+  name;
+- exchange ``S.retry`` (headers): routes a message to the delay queue whose binding matches
   its ``plinth-delay-ms`` header, leaving its routing key untouched;
-- queues ``S.delay.<ms>``: one per delay bucket, declared when first needed and deleted by the
-  broker once unused for a while (``x-expires``, always longer than their TTL). Bucket delays
-  lie on a geometric grid (8 steps per doubling, through 1 s; 100 ms at least), so any delay
-  is held within about 4.5% of what was asked, and jittered retries share a few queues;
+- queues ``S.retry.<ms>``: one per delay bucket, dead-lettered into ``S.queues``, declared
+  when first needed and deleted by the broker once unused for a while (``x-expires``, always
+  longer than their TTL). Bucket delays lie on a geometric grid (8 steps per doubling,
+  through 1 s; 100 ms at least), so any delay is held within about 4.5% of what was asked,
+  and jittered retries share a few queues;
 - queue ``S.dead-letters``: what was given up, with its headers and body as received plus the
   ``plinth-*`` headers below.
 
@@ -37,7 +43,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue, binding
 from nameko.extensions import SharedExtension
 
 from shared import config as cfg
@@ -45,9 +51,10 @@ from shared.backoff import Backoff
 from shared.errors import PlinthError, TooManyRequests
 from shared.publishing import ConfirmedPublisher, is_broker_trouble
 
-__all__ = ["Topology", "RetryPolicy", "Redelivery", "Outcome", "describe", "is_client_error",
-           "attempts_of", "DELAY_HEADER", "ATTEMPTS_HEADER", "QUEUE_HEADER", "ERROR_HEADER",
-           "ERROR_TYPE_HEADER", "DEAD_REASON_HEADER", "PUBLISH_TIMEOUT_KEY"]
+__all__ = ["Topology", "queues_exchange", "bound_by_name", "RetryPolicy", "Redelivery",
+           "Outcome", "describe", "is_client_error", "attempts_of", "DELAY_HEADER",
+           "ATTEMPTS_HEADER", "QUEUE_HEADER", "ERROR_HEADER", "ERROR_TYPE_HEADER",
+           "DEAD_REASON_HEADER", "PUBLISH_TIMEOUT_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +78,33 @@ ERROR_TEXT_LIMIT = 200
 _KEPT_PROPERTIES = ("message_id", "correlation_id", "reply_to", "priority", "type", "app_id")
 
 
+def queues_exchange(service):
+    """The exchange through which a message reaches one of ``service``'s queues by name."""
+    return Exchange(f"{service}.queues", type="topic", durable=True)
+
+
+def bound_by_name(queue, service):
+    """``queue`` (a kombu Queue of ``service``), also bound to its queues exchange under its
+    own name: a retried or replayed message finds its way back to it."""
+    bindings = set(queue.bindings)
+    if queue.exchange is not None and queue.exchange.name:
+        # kombu binds a queue that has extra bindings through those only
+        bindings.add(binding(queue.exchange, routing_key=queue.routing_key,
+                             arguments=queue.binding_arguments))
+    bindings.add(binding(queues_exchange(service), routing_key=queue.name))
+    queue.bindings = bindings
+    return queue
+
+
 class Topology:
     """The delay and dead-letter entities of one service (see the module docstring)."""
 
     def __init__(self, service):
         self.service = service
-        self.delay_exchange = Exchange(f"{service}.delay", type="headers", durable=True)
-        self.dead_letter_queue = Queue(f"{service}.dead-letters", durable=True,
+        self.queues_exchange = queues_exchange(service)
+        self.delay_exchange = Exchange(f"{service}.retry", type="headers", durable=True)
+        self.dead_letter_queue = Queue(f"{service}.dead-letters", exchange=self.queues_exchange,
+                                       routing_key=f"{service}.dead-letters", durable=True,
                                        auto_delete=False)
 
     @staticmethod
@@ -90,9 +117,10 @@ class Topology:
     def delay_queue(self, ms):
         """The delay queue of the ``ms`` bucket, bound to the delay exchange."""
         return Queue(
-            f"{self.service}.delay.{ms}", exchange=self.delay_exchange, durable=True,
+            f"{self.service}.retry.{ms}", exchange=self.delay_exchange, durable=True,
             auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
-            queue_arguments={"x-message-ttl": ms, "x-dead-letter-exchange": "",
+            queue_arguments={"x-message-ttl": ms,
+                             "x-dead-letter-exchange": self.queues_exchange.name,
                              "x-expires": ms + EXPIRE_AFTER_MS})
 
     def delay_headers(self, ms):
@@ -180,7 +208,8 @@ class Redelivery(SharedExtension):
         config = self.container.config
         self.topology = Topology(self.container.service_name)
         self.publisher = ConfirmedPublisher(
-            config[cfg.AMQP_URI_KEY], timeout=cfg.setting(config, PUBLISH_TIMEOUT_KEY, 5.0, float))
+            config[cfg.AMQP_URI_KEY], timeout=cfg.setting(config, PUBLISH_TIMEOUT_KEY, 5.0, float),
+            ssl=cfg.amqp_ssl(config))
 
     def start(self):
         # declared now so that operators find the queue before anything is dead-lettered
@@ -239,7 +268,8 @@ class Redelivery(SharedExtension):
     def dead_letter(self, message, headers, failures, reason):
         headers = {**headers, DEAD_REASON_HEADER: reason}
         queue = self.topology.dead_letter_queue
-        self._publish(message, "", queue.name, headers, queue.name, declare=(queue,))
+        self._publish(message, self.topology.queues_exchange, queue.name, headers, queue.name,
+                      declare=(queue,))
         return Outcome("dead_lettered", failures, reason=reason)
 
     def _publish(self, message, exchange, routing_key, headers, where, declare=()):

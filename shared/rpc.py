@@ -7,12 +7,15 @@ import eventlet
 from marshmallow import ValidationError
 from nameko.exceptions import UnknownService
 from nameko.rpc import Rpc as _NamekoRpc
+from nameko.rpc import RpcProxy
 
 from shared import compat, tracing
 from shared import config as cfg
+from shared.calls import UndeclaredCall, check_declared
 from shared.errors import InternalError, Invalid, PlinthError, Unavailable
 
-__all__ = ["Rpc", "rpc", "load", "rpc_input", "call_service", "rpc_timeout", "rpc_timeout_key"]
+__all__ = ["Rpc", "rpc", "load", "rpc_input", "call_service", "rpc_timeout", "rpc_timeout_key",
+           "ServiceRpc", "UndeclaredCall", "check_declared"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +154,40 @@ def rpc_timeout(config, service, default=5.0, old_key=None):
     if old_key is None:
         return cfg.setting(config, key, default, float)
     return cfg.renamed_setting(config, key, old_key, default, float)
+
+
+class ServiceRpc(RpcProxy):
+    """nameko's ``RpcProxy`` to ``target_service``, limited to the methods in ``calls``.
+
+    ``identity_rpc = ServiceRpc("identity", calls=("get_user",))``: the declaration is the one
+    list of what this service calls there. ``deploy/broker_users.py`` reads it (``rpc_calls``)
+    to allow exactly those routing keys to this service's broker user, and the proxy refuses
+    any other method before it reaches the broker (``UndeclaredCall``), so the list cannot
+    fall behind the code.
+    """
+
+    def __init__(self, target_service, calls=(), **options):
+        if isinstance(calls, str) or not all(isinstance(c, str) and c for c in calls):
+            raise TypeError("calls must be a sequence of method names")
+        self.calls = frozenset(calls)
+        super().__init__(target_service, **options)
+
+    @property
+    def rpc_calls(self):
+        """``{service: methods}`` this dependency may call."""
+        return {self.target_service: self.calls}
+
+    def get_dependency(self, worker_ctx):
+        return _DeclaredProxy(super().get_dependency(worker_ctx), self.target_service,
+                              self.calls)
+
+
+class _DeclaredProxy:
+    __slots__ = ("_proxy", "_service", "_calls")
+
+    def __init__(self, proxy, service, calls):
+        self._proxy, self._service, self._calls = proxy, service, calls
+
+    def __getattr__(self, name):
+        check_declared(self._calls, self._service, name)
+        return getattr(self._proxy, name)

@@ -23,6 +23,7 @@ from nameko.exceptions import deserialize
 
 import shared.errors  # noqa: F401 - registers the typed errors for deserialisation
 from shared.backoff import NO_JITTER, Backoff
+from shared.config import amqp_ssl
 from shared.errors import Unavailable
 
 __all__ = ["RpcClient", "RpcTimeout", "ServiceNotRunning", "BrokerUnavailable"]
@@ -57,9 +58,11 @@ class _Pending:
         self.error = None
 
 
-def amqp_connection_params(amqp_uri, connect_timeout):
-    """py-amqp ``Connection`` arguments for ``amqp_uri``: no heartbeats, no blocked notices."""
+def amqp_connection_params(amqp_uri, connect_timeout, ssl=None):
+    """py-amqp ``Connection`` arguments for ``amqp_uri``: no heartbeats, no blocked notices;
+    over TLS with ``ssl`` (default: ``AMQP_SSL`` from the environment, shared.config)."""
     url = urlparse(amqp_uri)
+    ssl = ssl if ssl is not None else amqp_ssl()
     vhost = unquote(url.path[1:]) if url.path and url.path != "/" else "/"
     return dict(
         host=f"{url.hostname or 'localhost'}:{url.port or 5672}",
@@ -67,6 +70,7 @@ def amqp_connection_params(amqp_uri, connect_timeout):
         password=unquote(url.password or "guest"),
         virtual_host=vhost or "/",
         connect_timeout=connect_timeout,
+        ssl=ssl or False,
         heartbeat=0,
         # Without connection.blocked, py-amqp's basic_publish does not read from the socket
         # (it drains events to look for blocked notices), so only the reader thread reads.
@@ -78,9 +82,24 @@ def amqp_connection_params(amqp_uri, connect_timeout):
     )
 
 
+def _connection(params):
+    """A py-amqp connection that does not ask for connection.blocked notices.
+
+    py-amqp adds every capability the broker offers to those the client announced; with
+    connection.blocked, each ``basic_publish`` first reads the socket, while the reader thread
+    may be waiting on it (under eventlet over TLS that is a second reader of the socket, which
+    eventlet refuses)."""
+    conn = amqp.Connection(**params)
+    conn.negotiate_capabilities = {name: wanted for name, wanted
+                                   in conn.negotiate_capabilities.items()
+                                   if name != "connection.blocked"}
+    return conn
+
+
 class RpcClient:
-    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None):
+    def __init__(self, amqp_uri, timeout=10.0, connect_timeout=3.0, name=None, ssl=None):
         self.amqp_uri = amqp_uri
+        self.ssl = ssl
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.name = name or f"rpc.reply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -99,21 +118,26 @@ class RpcClient:
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self):
-        params = amqp_connection_params(self.amqp_uri, self.connect_timeout)
+        params = amqp_connection_params(self.amqp_uri, self.connect_timeout, self.ssl)
         # Two connections so that each socket is used by one thread at a time: py-amqp is not
         # thread-safe. The reader thread alone reads ``sub``; callers publish on ``pub`` under
         # the write lock and read its returns (unroutable calls) there too.
-        sub = amqp.Connection(**params)
+        sub = _connection(params)
         sub.connect()
         channel = sub.channel()
-        channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
+        try:
+            # passively: a least-privilege broker user may not declare it (deploy/broker_users)
+            channel.exchange_declare(RPC_EXCHANGE, "topic", passive=True)
+        except amqp.exceptions.NotFound:  # not there yet: declared by those allowed to
+            channel = sub.channel()
+            channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
         channel.queue_declare(self.name, exclusive=True, auto_delete=True)
         channel.queue_bind(self.name, RPC_EXCHANGE, routing_key=self.name)
         channel.basic_consume(self.name, callback=self._on_reply, no_ack=True)
         # no publisher confirms (a broker round trip per call, serialised by the write lock):
         # an unroutable call (no instance running) still comes back as a basic.return, read
         # by the reader thread, and fails at once; any other loss ends in the call's timeout
-        pub = amqp.Connection(**params)
+        pub = _connection(params)
         try:
             pub.connect()
             pub_channel = pub.channel()

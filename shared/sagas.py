@@ -328,6 +328,18 @@ class Sagas(DependencyProvider):
         self._waiters = {}
         self._running = False
 
+    @property
+    def rpc_calls(self):
+        """``{service: methods}`` the steps and compensations call (deploy/broker_users.py
+        allows exactly these to the owning service's broker user)."""
+        calls = {}
+        for saga in self.definitions.values():
+            for step in saga.steps:
+                for action in (step.action, step.compensation):
+                    if isinstance(action, RpcAction):
+                        calls.setdefault(action.service, set()).add(action.method)
+        return {service: frozenset(methods) for service, methods in calls.items()}
+
     # -- lifecycle ----------------------------------------------------------------------------
     def setup(self):
         config = self.container.config

@@ -2,11 +2,13 @@
 
 Shared by the outbox relay, which sends tasks, and ``shared.tasks``, which consumes them
 (see its docstring for the whole picture). A service ``S`` has the durable queue ``S.tasks``
-(fed through the default exchange) and a headers exchange ``S.tasks.delay`` with one queue
-per level of ``DELAY_LEVELS_MS`` (``S.tasks.delay.<ms>``: ``x-message-ttl`` of that level,
-dead-lettered through the default exchange with the routing key ``S.tasks``, so back into the
-task queue). A task not due yet carries its due time in ``ETA_HEADER`` and goes into the
-largest level not beyond what is left; it hops again on arrival until it is due.
+(bound under its name to the service's queues exchange ``S.queues``, shared.redelivery) and
+a headers exchange ``S.tasks.wait`` with one queue per level of ``DELAY_LEVELS_MS``
+(``S.tasks.wait.<ms>``: ``x-message-ttl`` of that level, dead-lettered through ``S.queues``
+with the routing key ``S.tasks``, so back into the task queue). Nothing goes through the
+default exchange, which a least-privilege broker user may not publish to. A task not due yet
+carries its due time in ``ETA_HEADER`` and goes into the largest level not beyond what is
+left; it hops again on arrival until it is due.
 """
 
 import functools
@@ -16,7 +18,7 @@ from datetime import datetime
 from kombu import Exchange, Queue
 
 from shared.publishing import Outgoing
-from shared.redelivery import DELAY_HEADER
+from shared.redelivery import DELAY_HEADER, queues_exchange
 
 __all__ = ["TaskTopology", "task_queue", "outgoing", "eta_ms", "DELAY_LEVELS_MS", "ETA_HEADER",
            "TASK_HEADER", "RUN_WITHIN_MS"]
@@ -30,7 +32,8 @@ RUN_WITHIN_MS = 50  # a task this close to its time runs now rather than waiting
 
 def task_queue(service):
     """The durable queue that holds ``service``'s tasks."""
-    return Queue(f"{service}.tasks", durable=True, auto_delete=False)
+    return Queue(f"{service}.tasks", exchange=queues_exchange(service),
+                 routing_key=f"{service}.tasks", durable=True, auto_delete=False)
 
 
 class TaskTopology:
@@ -39,13 +42,15 @@ class TaskTopology:
     def __init__(self, service):
         self.service = service
         self.queue = task_queue(service)
-        self.delay_exchange = Exchange(f"{service}.tasks.delay", type="headers", durable=True)
+        self.queues_exchange = self.queue.exchange
+        self.delay_exchange = Exchange(f"{service}.tasks.wait", type="headers", durable=True)
 
     def delay_queue(self, ms):
         return Queue(
-            f"{self.service}.tasks.delay.{ms}", exchange=self.delay_exchange, durable=True,
+            f"{self.service}.tasks.wait.{ms}", exchange=self.delay_exchange, durable=True,
             auto_delete=False, binding_arguments={"x-match": "all", DELAY_HEADER: str(ms)},
-            queue_arguments={"x-message-ttl": ms, "x-dead-letter-exchange": ""})
+            queue_arguments={"x-message-ttl": ms,
+                             "x-dead-letter-exchange": self.queues_exchange.name})
 
     @staticmethod
     def level_for(remaining_ms):
@@ -61,12 +66,25 @@ def _topology(service):
     return TaskTopology(service)
 
 
-def outgoing(env, body, headers):
+def outgoing(env, body, headers, sender=None):
     """The message that sends a task (``env``, its JSON ``body`` and context ``headers``) from
     the outbox to its service's queue, or into the delay level its ``eta`` asks for (used by
-    ``outbox.Relay``, which publishes it with its batch)."""
+    ``outbox.Relay``, which publishes it with its batch).
+
+    ``sender``: the service sending it. A task for another service (a catalogued one) goes
+    straight to that service's queue, declaring nothing of its (its broker user may not): an
+    early one is sent on through the delay levels by its consumer."""
     name = env["task_type"]
-    topology = _topology(name.split(".", 1)[0])
+    owner = name.split(".", 1)[0]
+    topology = _topology(owner)
+    if sender is not None and sender != owner:
+        headers = {**headers, TASK_HEADER: name}
+        eta = eta_ms(env.get("eta"))
+        if eta:
+            headers[ETA_HEADER] = eta
+        return Outgoing(body, topology.queues_exchange, topology.queue.name, headers, (), {
+            "content_type": "application/json", "content_encoding": "utf-8",
+            "message_id": env["task_id"]})
     # the owner's queue is declared here too: a task sent before its service ever started
     # waits in that queue rather than in the outbox, and a delayed one has a queue to return to
     declare = (topology.queue,)
@@ -81,7 +99,8 @@ def outgoing(env, body, headers):
         headers.update({ETA_HEADER: eta, DELAY_HEADER: str(ms)})
         return Outgoing(body, topology.delay_exchange, topology.queue.name, headers,
                         (*declare, bucket), properties)
-    return Outgoing(body, "", topology.queue.name, headers, declare, properties)
+    return Outgoing(body, topology.queues_exchange, topology.queue.name, headers, declare,
+                    properties)
 
 
 def eta_ms(value):

@@ -91,6 +91,7 @@ from shared.redelivery import (
     describe,
     is_client_error,
 )
+from shared.senders import Senders, user_of
 from shared.task_catalogue import KNOWN_TASKS
 from shared.task_queues import (
     DELAY_LEVELS_MS,
@@ -352,6 +353,10 @@ class TaskConsumer(SharedExtension, ProviderCollector):
         self.duplicates = self.metrics.counter(
             "plinth_task_duplicates", "Deliveries of tasks done before: acknowledged, their "
             "handler not run", ["task"])
+        self.senders = Senders(self.container.config, own=service)
+        self.dropped_sender = self.metrics.counter(
+            "plinth_tasks_dropped_sender", "Tasks dropped: not sent by a broker identity "
+            "allowed to send them (shared.senders)", ["task"])
         for state, text in (("ready", "waiting in the task queue"),
                             ("in_flight", "being handled by this instance"),
                             ("retrying", "waiting in the delay queues (retries, delayed tasks)"),
@@ -401,6 +406,8 @@ class TaskConsumer(SharedExtension, ProviderCollector):
         except PoisonTask as exc:
             self._give_up(message, None, exc, "poison")
             return
+        if not self._sent_by_owner(message, task):
+            return
         if self._early(message):
             return
         entrypoint = next((p for p in self._providers if p.name == task["task_type"]), None)
@@ -418,6 +425,23 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             self.queue_consumer.requeue_message(message)  # another instance will take it
             return
         self.in_flight += 1
+
+    def _sent_by_owner(self, message, task):
+        """A task comes from its own service's broker identity, or -- a task of the catalogue
+        other services may send -- from the one its envelope names; any other is dropped
+        (acknowledged), logged and counted (shared.senders)."""
+        sender, service = user_of(message), self.container.service_name
+        if self.senders.accepts(sender, service) or (
+                task["task_type"] in KNOWN_TASKS
+                and self.senders.accepts(sender, task.get("source"))):
+            return True
+        self.senders.refuse(f"{service} tasks", task.get("source"), sender, task["task_id"])
+        known = {p.name for p in self._providers} | set(KNOWN_TASKS)
+        # a label from the message only when it names a known task: bounded cardinality
+        self.dropped_sender.labels(task["task_type"] if task["task_type"] in known
+                                   else "(unknown)").inc()
+        self.queue_consumer.ack_message(message)
+        return False
 
     @staticmethod
     def _decode(message):
@@ -579,7 +603,8 @@ class TaskConsumer(SharedExtension, ProviderCollector):
             self._stopping.wait(COUNT_EVERY)
 
     def _count(self, amqp_uri):
-        with Connection(amqp_uri, connect_timeout=2) as conn:
+        with Connection(amqp_uri, connect_timeout=2,
+                        ssl=cfg.amqp_ssl(self.container.config) or False) as conn:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from shared.config import AMQP_URI_KEY, setting
+from shared.config import AMQP_URI_KEY, amqp_ssl, setting
 from shared.publishing import ConfirmedPublisher
 from shared.redelivery import (
     ATTEMPTS_HEADER,
@@ -47,13 +47,14 @@ class DeadLetters:
 
     def __init__(self, amqp_uri, service):
         self.amqp_uri = amqp_uri
-        self.queue = Topology(service).dead_letter_queue
+        self.topology = Topology(service)
+        self.queue = self.topology.dead_letter_queue
 
     def _browse(self, act=None, limit=BROWSE_LIMIT):
         """Look at up to ``limit`` messages; ``act(message)`` may return True to take one off
         the queue. Every other message returns to the queue when the channel closes."""
         seen = []
-        with Connection(self.amqp_uri, connect_timeout=5) as conn:
+        with Connection(self.amqp_uri, connect_timeout=5, ssl=amqp_ssl() or False) as conn:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             self.queue(channel).declare()
@@ -92,7 +93,9 @@ class DeadLetters:
                                  "came from; drop it instead")
             properties = message.properties or {}
             routed = publisher.publish(
-                message.body, exchange="", routing_key=queue, headers=headers,
+                # through the service's queues exchange, where its queues are bound by name
+                message.body, exchange=self.topology.queues_exchange,
+                routing_key=queue, headers=headers,
                 message_id=properties.get("message_id"),
                 content_type=properties.get("content_type") or "application/data",
                 content_encoding=properties.get("content_encoding") or "binary")

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ("identity", "auth", "authz", "audit")
@@ -90,6 +91,7 @@ class Platform:
         self.processes = []
         self.started_rabbitmq = False
         self.bootstrap = {}
+        self.broker_uris = {}  # process name -> its own AMQP URI (create_broker_users)
         self.logs = settings.var / "run"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -161,6 +163,48 @@ class Platform:
                 raise SystemExit("plinth: RabbitMQ did not start within 60s")
             time.sleep(0.5)
 
+    def create_broker_users(self):
+        """Each process's own RabbitMQ user (deploy/broker_users.py), passwords kept in
+        var/broker-passwords.json; without the management API every process shares
+        ``AMQP_URI``'s credential, as before, with a warning."""
+        from deploy import broker_users
+
+        s = self.settings
+        uri = urlsplit(s.amqp_uri)
+        api_url = os.environ.get(broker_users.API_KEY) or \
+            f"http://{uri.username or 'guest'}:{uri.password or 'guest'}@{uri.hostname}:15672"
+        vhost = unquote(uri.path[1:]) if uri.path not in ("", "/") else "/"
+        path = s.var / "broker-passwords.json"
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        names = [*SERVICES, broker_users.GATEWAY]
+        for name in names:
+            passwords.setdefault(name, secrets.token_urlsafe(18))
+        path.write_text(json.dumps(passwords))
+        path.chmod(0o600)
+        try:
+            identities = broker_users.derive(SERVICES)
+            broker_users.apply(broker_users.ManagementApi(api_url), vhost, identities, SERVICES,
+                               passwords)
+        except (OSError, RuntimeError) as exc:
+            say(f"WARNING: could not create the broker users ({exc}); every process uses "
+                "AMQP_URI's credential")
+            return
+        host = uri.netloc.rsplit("@", 1)[-1]
+        for identity in identities:
+            password = passwords[identity.name]
+            credentials = f"{quote(identity.user, safe='')}:{quote(password, safe='')}"
+            self.broker_uris[identity.name] = uri._replace(netloc=f"{credentials}@{host}").geturl()
+        say(f"broker users: {', '.join(i.user for i in identities)}")
+
+    def env_of(self, name):
+        from deploy import broker_users
+
+        env = self.base_env()
+        if name in self.broker_uris:
+            env["AMQP_URI"] = self.broker_uris[name]
+            env.setdefault("BROKER_USER_PREFIX", broker_users.user_name(""))
+        return env
+
     def migrate(self):
         say("applying migrations")
         result = subprocess.run([sys.executable, "-m", "shared.migrations", *SERVICES], cwd=ROOT,
@@ -198,7 +242,7 @@ class Platform:
         password, _ = self.admin_password()
         started = []
         for service in SERVICES:
-            env = self.base_env()
+            env = self.env_of(service)
             env[f"{service.upper()}_WEB_ADDRESS"] = f"{s.host}:{s.port(service)}"
             if service == "authz":
                 env["BOOTSTRAP_ADMIN_EMAIL"] = s.admin_email
@@ -243,7 +287,7 @@ class Platform:
 
     def start_gateway(self):
         s = self.settings
-        env = self.base_env()
+        env = self.env_of("gateway")
         env["GATEWAY_BIND"] = f"{s.host}:{s.gateway_port}"
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(s.var / "prometheus-gateway"))
         say("starting the gateway (gunicorn)")
@@ -371,6 +415,7 @@ def main():
     try:
         platform.check_ports()
         platform.ensure_rabbitmq()
+        platform.create_broker_users()
         platform.migrate()
         platform.start_consul()
         platform.start_services()

@@ -123,6 +123,9 @@ def edits(root, values):
             (r"(\n      [A-Z0-9_]+_SERVICE_CREDENTIAL: .*)(\n    depends_on:)",
              lambda m: (f"{m.group(1)}\n      {upper}_SERVICE_CREDENTIAL: "
                         f"${{{upper}_SERVICE_CREDENTIAL:?}}{m.group(2)}")),
+            (r"(\n      AUDIT_BROKER_PASSWORD: .*)",  # the broker-users job makes its user
+             lambda m: (f"{m.group(1)}\n      {upper}_BROKER_PASSWORD: "
+                        f"${{{upper}_BROKER_PASSWORD:?}}")),
             (r"(\n      AUDIT_DB_URI: postgresql://audit_owner.*)",
              lambda m: (f"{m.group(1)}\n      {upper}_DB_URI: postgresql://{name}_owner:"
                         f"${{{upper}_OWNER_PASSWORD:?}}@postgres:5432/plinth")),
@@ -142,7 +145,10 @@ def edits(root, values):
             f"AUDIT_APP_PASSWORD=change-me\n{upper}_OWNER_PASSWORD=change-me\n"
             f"{upper}_APP_PASSWORD=change-me\n", 1).replace(
             "AUDIT_SERVICE_CREDENTIAL=change-me\n",
-            f"AUDIT_SERVICE_CREDENTIAL=change-me\n{upper}_SERVICE_CREDENTIAL=change-me\n", 1)
+            f"AUDIT_SERVICE_CREDENTIAL=change-me\n{upper}_SERVICE_CREDENTIAL=change-me\n", 1
+        ).replace(
+            "AUDIT_BROKER_PASSWORD=change-me\n",
+            f"AUDIT_BROKER_PASSWORD=change-me\n{upper}_BROKER_PASSWORD=change-me\n", 1)
     return changed
 
 

@@ -54,7 +54,8 @@ def platform(generated, tmp_path_factory):
     platform = Platform(name="make-service", env={"CONSUL_HTTP_ADDR": consul.address,
                                                   "CONSUL_CHECK_INTERVAL": "1s"},
                         service_env={"audit": {"AUDIT_SOURCES": sources}},
-                        routes=[copy / "config" / "routes.d" / f"{NAME}.yaml"])
+                        routes=[copy / "config" / "routes.d" / f"{NAME}.yaml"],
+                        extra_services=[NAME], tree=copy)
     platform.start()
     port = free_port()
     env = {**platform.processes["identity"].env, "PYTHONPATH": str(copy),

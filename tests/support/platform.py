@@ -27,7 +27,13 @@ Options: ``services`` (which of identity, auth, authz, audit; default all), ``ga
 ``admin_email`` / ``admin_password`` (the bootstrap admin authz creates), ``routes`` (route
 files of feature services the test starts itself: the gateway serves the core routes and
 these only, never the repository's config/routes.d, whose services a platform does not start
-— a tree where `make service` was run must pass the suite too).
+— a tree where `make service` was run must pass the suite too), ``broker_identities`` (default
+True: each process connects as its own RabbitMQ user with the permissions
+deploy/broker_users.py derives, on the platform's vhost; users are named
+``<broker_prefix><name>`` and removed at stop; an ``AMQP_URI`` a test gives with guest's
+credentials, e.g. through a fault proxy, gets the process's own credentials at start;
+``extra_services`` and ``tree``: services of another tree (a copy where `make service` ran)
+the test starts itself, whose identities are derived there too).
 
 Process control, by name ("identity", ..., "gateway"): ``stop_process(name)`` (SIGTERM, then
 SIGKILL), ``kill_process(name)`` (SIGKILL: a crash), ``start_process(name)`` (same port,
@@ -52,7 +58,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import requests
@@ -125,7 +131,7 @@ class Platform:
     def __init__(self, services=SERVICES, gateway=True, env=None, service_env=None,
                  gateway_env=None, workers=2, threads=4, admin_email=ADMIN_EMAIL,
                  admin_password=ADMIN_PASSWORD, startup_timeout=60.0, name="platform",
-                 routes=()):
+                 routes=(), broker_identities=True, extra_services=(), tree=None):
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}")
@@ -144,6 +150,11 @@ class Platform:
         self.vhost = f"plinth_e2e_{uuid.uuid4().hex[:10]}"
         self.amqp_uri = f"{RABBIT_AMQP}/{quote(self.vhost, safe='')}"
         self.db_uri = None
+        self.broker_identities = broker_identities
+        self.broker_prefix = f"e2e{uuid.uuid4().hex[:8]}-"
+        self.extra_services, self.tree = tuple(extra_services), tree
+        self.broker_passwords = {name: uuid.uuid4().hex
+                                 for name in (*self.services, *self.extra_services, GATEWAY)}
         self.processes = {}
         self.http = requests.Session()
         self._admin_token = None
@@ -161,6 +172,9 @@ class Platform:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             _create_vhost(self.vhost)
+            self._copy_routes()
+            if self.broker_identities:
+                self._create_identities()
             self.db_uri = _create_database()
             for name in self.services:
                 self._define_service(name)
@@ -191,11 +205,59 @@ class Platform:
         self.http.close()
         try:
             requests.delete(_vhost_api(self.vhost), timeout=10)
+            if self.broker_identities:
+                for name in self.broker_passwords:
+                    requests.delete(f"{RABBIT_API}/api/users/{quote(self.broker_user(name))}",
+                                    timeout=10)
         except requests.RequestException:
             pass
         if self.db_uri:
             _drop_database(self.db_uri)
             self.db_uri = None
+
+    # -- broker identities --------------------------------------------------------------------
+    def broker_user(self, name):
+        return self.broker_prefix + name
+
+    def amqp_uri_of(self, name, uri=None):
+        """``uri`` (default: the platform's) with the credentials of ``name``'s broker user."""
+        parts = urlsplit(uri or self.amqp_uri)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        credentials = f"{quote(self.broker_user(name), safe='')}:" \
+                      f"{quote(self.broker_passwords[name], safe='')}"
+        return parts._replace(netloc=f"{credentials}@{host}").geturl()
+
+    def _create_identities(self):
+        from deploy import broker_users
+
+        if self.tree is not None:  # derived in that tree, by its own copy of the tool
+            env = {**os.environ, "PYTHONPATH": str(self.tree), **{
+                broker_users.password_key(n): p for n, p in self.broker_passwords.items()}}
+            subprocess.run([sys.executable, "-m", "deploy.broker_users", "--api", RABBIT_API,
+                            "--vhost", self.vhost, "--prefix", self.broker_prefix,
+                            "--routes-dir", str(self.run_dir / "routes.d"), "--services",
+                            ",".join((*self.services, *self.extra_services))],
+                           cwd=self.tree, env=env, check=True, capture_output=True, timeout=120)
+            return
+        identities = broker_users.derive(self.services, self.run_dir / "routes.d",
+                                         self.broker_prefix)
+        api = broker_users.ManagementApi(RABBIT_API)
+        broker_users.apply(api, self.vhost, identities, self.services, self.broker_passwords)
+
+    def _identity_env(self, name, env):
+        """At a process's start: its own broker credentials on whatever broker URI it has."""
+        if not self.broker_identities or name not in self.broker_passwords:
+            return env
+        uri = env.get("AMQP_URI") or self.amqp_uri
+        if unquote(urlsplit(uri).username or "guest") == "guest":
+            env = {**env, "AMQP_URI": self.amqp_uri_of(name, uri)}
+        return {**env, "BROKER_USER_PREFIX": self.broker_prefix}
+
+    def _copy_routes(self):
+        routes_dir = self.run_dir / "routes.d"
+        routes_dir.mkdir(exist_ok=True)
+        for path in self.routes:
+            shutil.copy(path, routes_dir / path.name)
 
     # -- definitions --------------------------------------------------------------------------
     def _base_env(self):
@@ -225,9 +287,6 @@ class Platform:
         env = self._base_env()
         env.update(GATEWAY_DEFAULTS)
         routes_dir = self.run_dir / "routes.d"
-        routes_dir.mkdir(exist_ok=True)
-        for path in self.routes:
-            shutil.copy(path, routes_dir / path.name)
         env.update({"GATEWAY_ROUTES_DIR": str(routes_dir),
                     "GATEWAY_BIND": f"127.0.0.1:{port}", "GATEWAY_WORKERS": str(self.workers),
                     "GATEWAY_THREADS": str(self.threads),
@@ -257,7 +316,8 @@ class Platform:
                       f"{' '.join(process.command)}\n".encode())
             log.flush()
             process.popen = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, *process.command], cwd=ROOT, env=process.env,
+                [sys.executable, "-c", LAUNCHER, *process.command], cwd=ROOT,
+                env=self._identity_env(name, process.env),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         if wait:

@@ -19,13 +19,16 @@ def test_jittered_retries_share_a_few_buckets():
     assert len(buckets) <= 5 * 7
 
 
-def test_delay_queues_return_expired_messages_through_the_default_exchange():
+def test_delay_queues_return_expired_messages_through_the_services_queues_exchange():
+    # not the default exchange: a least-privilege broker user may not publish there
     queue = Topology("billing").delay_queue(Topology.bucket_ms(2))
-    assert queue.name == "billing.delay.2000"
+    assert queue.name == "billing.retry.2000"
     assert queue.queue_arguments["x-message-ttl"] == 2000
-    assert queue.queue_arguments["x-dead-letter-exchange"] == ""
+    assert queue.queue_arguments["x-dead-letter-exchange"] == "billing.queues"
     assert queue.queue_arguments["x-expires"] > 2000
-    assert queue.exchange.name == "billing.delay" and queue.exchange.type == "headers"
+    assert queue.exchange.name == "billing.retry" and queue.exchange.type == "headers"
+    dead = Topology("billing").dead_letter_queue
+    assert (dead.exchange.name, dead.routing_key) == ("billing.queues", "billing.dead-letters")
 
 
 def test_backoff_grows_by_its_factor_within_its_jitter_up_to_its_cap():
@@ -70,3 +73,14 @@ def test_a_typed_error_is_recorded_by_its_message_and_long_text_is_cut():
         ("Invalid", "the event names no such thing")
     kind, text = describe(RuntimeError("x" * 1000 + "\nsecond line"))
     assert kind == "RuntimeError" and text == "x" * 200
+
+
+def test_a_queue_bound_by_name_keeps_its_own_binding():
+    from kombu import Exchange, Queue
+
+    from shared.redelivery import bound_by_name
+
+    queue = bound_by_name(Queue("evt-a-b--billing.m", exchange=Exchange("a.events", "topic"),
+                                routing_key="b"), "billing")
+    assert {(b.exchange.name, b.routing_key) for b in queue.bindings} == {
+        ("a.events", "b"), ("billing.queues", "evt-a-b--billing.m")}

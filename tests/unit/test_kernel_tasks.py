@@ -90,8 +90,12 @@ def test_delay_levels_are_few_and_a_wait_hops_through_the_largest_not_beyond_it(
     assert level(2000) == 2000 and level(1999) == 1000 and level(30) == DELAY_LEVELS_MS[0]
     assert level(10 * 86_400_000) == DELAY_LEVELS_MS[-1]  # a long delay chains the largest
     queue = TaskTopology("audit").delay_queue(2000)
-    assert queue.name == "audit.tasks.delay.2000"
-    assert queue.queue_arguments == {"x-message-ttl": 2000, "x-dead-letter-exchange": ""}
+    assert queue.name == "audit.tasks.wait.2000"
+    # back through the service's queues exchange, where audit.tasks is bound by its name
+    assert queue.queue_arguments == {"x-message-ttl": 2000,
+                                     "x-dead-letter-exchange": "audit.queues"}
+    assert TaskTopology("audit").queue.exchange.name == "audit.queues"
+    assert TaskTopology("audit").queue.routing_key == "audit.tasks"
 
 
 def test_a_handler_declaration_is_checked_at_import():
