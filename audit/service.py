@@ -9,6 +9,7 @@ from audit.consumer import TrailConsumer
 from audit.models import Base
 from shared import config as cfg
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.actors import guarded
 from shared.db import Database
 from shared.errors import Conflict, Invalid
 from shared.redelivery import describe, is_client_error
@@ -61,15 +62,18 @@ class AuditService(kernel.ServiceBase):
         return entries.by_event_id(self._connection(), entry["event_id"])
 
     @rpc
+    @guarded("audit:read")
     def query(self, filters=None, **fields):
         return entries.page(self._connection(), load(schemas.QuerySchema(),
                                                      rpc_input(filters, fields)))
 
     @rpc
+    @guarded("audit:read")
     def get(self, entry_id):
         return entries.get(self._connection(), entry_id)
 
     @rpc
+    @guarded("audit:read")
     def verify(self, from_seq=None, to_seq=None):
         payload = load(schemas.VerifySchema(), {"from_seq": from_seq, "to_seq": to_seq})
         return entries.verify(self._connection(snapshot=True), **payload)
@@ -80,6 +84,7 @@ class AuditService(kernel.ServiceBase):
         return {"seq": head.seq, "hash": head.hash}
 
     @rpc
+    @guarded("audit:read")
     def export(self, filters=None, **fields):
         """The matching entries, oldest first, one JSON object a line (NDJSON)."""
         payload = load(schemas.FiltersSchema(), rpc_input(filters, fields))
@@ -93,6 +98,7 @@ class AuditService(kernel.ServiceBase):
         return "".join(lines)
 
     @rpc
+    @guarded("audit:read")
     def export_file(self, filters=None, **fields):
         """Write the matching entries as NDJSON to a new file in the export directory."""
         payload = load(schemas.ExportFileSchema(), rpc_input(filters, fields))
@@ -119,6 +125,7 @@ class AuditService(kernel.ServiceBase):
         return Path(cfg.setting(self.config, EXPORT_DIR_KEY) or cfg.var_dir() / "audit-exports")
 
     @rpc
+    @guarded("audit:read")
     def start_export(self, filters=None, **fields):
         """Ask for an export of the matching entries: a pending export whose task writes it."""
         schema = schemas.FiltersSchema()
@@ -131,10 +138,12 @@ class AuditService(kernel.ServiceBase):
         return export
 
     @rpc
+    @guarded("audit:read")
     def get_export(self, export_id):
         return exports.get(self._connection(), export_id)
 
     @rpc
+    @guarded("audit:read")
     def read_export(self, export_id, offset=0, limit=exports.PAGE_BYTES):
         """A page of a done export's NDJSON (whole lines) and the offset of the next."""
         return exports.read_page(self._connection(), self._export_dir(), export_id, offset,

@@ -16,6 +16,7 @@ ISSUER_KEY = "AUTH_ISSUER"
 AUDIENCE_KEY = "AUTH_AUDIENCE"
 ACCESS_TTL_KEY = "AUTH_ACCESS_TOKEN_TTL"
 REFRESH_TTL_KEY = "AUTH_REFRESH_TOKEN_TTL"
+SERVICE_TTL_KEY = "AUTH_SERVICE_TOKEN_TTL"
 LEEWAY_KEY = "AUTH_CLOCK_LEEWAY"
 ALGORITHM_KEY = "AUTH_SIGNING_ALG"
 RSA_BITS_KEY = "AUTH_RSA_KEY_BITS"
@@ -71,6 +72,8 @@ def token_settings(config):
         refresh_ttl=_positive(REFRESH_TTL_KEY,
                               cfg.setting(config, REFRESH_TTL_KEY, 30 * 24 * 3600, int)),
         leeway=_at_least(LEEWAY_KEY, cfg.setting(config, LEEWAY_KEY, 30, int), 0),
+        service_ttl=_at_least(SERVICE_TTL_KEY,
+                              cfg.setting(config, SERVICE_TTL_KEY, 300, int), 30),
     )
 
 
@@ -100,6 +103,11 @@ class Tokens:
                                              session_id)
         return {"access_token": token, "token_type": "Bearer",
                 "expires_in": self.settings.access_ttl}
+
+    def issue_service(self, service):
+        token, _ = tokens.issue_service_token(self.keyring.signer(), self.settings, service)
+        return {"access_token": token, "token_type": "Bearer",
+                "expires_in": self.settings.service_ttl}
 
     def verify(self, token):
         return tokens.verify_access_token(token, self.keyring, self.settings)

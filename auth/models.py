@@ -84,3 +84,17 @@ class LoginThrottle(Base):
     pending: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
     # a reservation its worker never settled (a crash) stops counting after this
     pending_until = mapped_column(UTCDateTime, nullable=True)
+
+
+class ServiceCredential(Base):
+    """A service's credential for ``issue_service_token``, known only by its SHA-256. Two
+    per service stay valid at once (the newest two), so a rotation has no downtime: the new
+    one is deployed while the old one still works, then the old one is retired."""
+
+    __tablename__ = "service_credentials"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    service: Mapped[str] = mapped_column(sa.String(64), nullable=False, index=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    retired_at = mapped_column(UTCDateTime, nullable=True)

@@ -67,3 +67,7 @@ class UserIdSchema(Schema):
 class EndSessionSchema(Schema):
     session_id = fields.String(required=True, validate=_uuid)
     user_id = fields.String(load_default=None, allow_none=True, validate=_uuid)
+
+
+class SessionIdSchema(Schema):
+    session_id = fields.String(required=True, validate=_uuid)

@@ -2,14 +2,17 @@ import functools
 import logging
 from datetime import timedelta
 
+from nameko.dependency_providers import Config
 from nameko.timer import timer
 
-from auth import keys, logins, schemas, sessions, throttle
+from auth import credentials, keys, logins, schemas, sessions, throttle
 from auth.dependencies import Guard, TokenKeys
 from auth.models import Base
+from shared import config as cfg
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.actors import guarded
 from shared.db import Database
-from shared.errors import Conflict
+from shared.errors import Conflict, Unauthorized
 from shared.events import event_handler
 from shared.retention import Retention, retention_every
 from shared.rpc import ServiceRpc, call_service, load, rpc
@@ -25,11 +28,13 @@ KEY_ROTATED = "signing_key.rotated"
 LOGIN, REFRESH_TOKEN, ACCESS_TOKEN = (schemas.LoginSchema(), schemas.RefreshTokenSchema(),
                                       schemas.AccessTokenSchema())
 USER_ID, END_SESSION = schemas.UserIdSchema(), schemas.EndSessionSchema()
+SESSION_ID = schemas.SessionIdSchema()
 
 
 class AuthService(kernel.ServiceBase):
     name = "auth"
 
+    config = Config()
     db = Database(Base.metadata)
     tokens = TokenKeys()
     guard = Guard()
@@ -61,11 +66,13 @@ class AuthService(kernel.ServiceBase):
         return {"revoked": sessions.logout(self.db, payload["refresh_token"])}
 
     @rpc
+    @guarded("sessions:write", own=("user_id", None))
     def end_session(self, session_id=None, user_id=None):
         payload = load(END_SESSION, {"session_id": session_id, "user_id": user_id})
         return {"revoked": sessions.end(self.db, **payload)}
 
     @rpc
+    @guarded("sessions:write", own=("user_id", None))
     def logout_all(self, user_id=None):
         payload = load(USER_ID, {"user_id": user_id})
         revoked = sessions.revoke_all(self.db, payload["user_id"], "logout_all")
@@ -92,10 +99,27 @@ class AuthService(kernel.ServiceBase):
         return self.tokens.verify(payload["access_token"])
 
     @rpc
+    def session_active(self, session_id=None):
+        """Is this session (an access token's ``sid``) still live? Services ask before a
+        sensitive method trusts a user's token."""
+        payload = load(SESSION_ID, {"session_id": session_id})
+        return sessions.is_active(self.db, payload["session_id"])
+
+    @rpc(sensitive_arguments=("secret",))
+    def issue_service_token(self, service=None, secret=None):
+        """A short-lived token proving ``service``, for its credential (auth.credentials)."""
+        development = not cfg.is_production(self.config)
+        if not credentials.valid(self.db.session, service, secret, development=development):
+            log.warning("refused a service token", extra={"service": str(service)[:64]})
+            raise Unauthorized("invalid service credential", {"reason": "credential"})
+        return self.tokens.issue_service(service)
+
+    @rpc
     def jwks(self):
         return self.tokens.jwks()
 
     @rpc
+    @guarded("keys:write")
     def rotate_keys(self):
         return self._rotate("manual")
 

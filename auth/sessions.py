@@ -174,6 +174,14 @@ def end(uow, session_id, user_id=None, now=None):
     return revoked
 
 
+def is_active(uow, session_id, now=None):
+    """Is the session there, unrevoked and unexpired?"""
+    now = now or now_utc()
+    return uow.session.scalar(sa.select(Session.id).where(
+        Session.id == session_id, Session.revoked_at.is_(None), Session.expires_at > now)) \
+        is not None
+
+
 def active_of(uow, user_id, now=None):
     now = now or now_utc()
     rows = uow.session.scalars(

@@ -29,25 +29,30 @@ class TokenSettings:
     access_ttl: int = 900
     refresh_ttl: int = 30 * 24 * 3600
     leeway: int = 30
+    service_ttl: int = 300
+
+
+def _signed(signer, settings, subject, lifetime, now, **extra):
+    """(token, claims): the claims every token of auth's carries, with ``extra``."""
+    issued = int(time.time() if now is None else now)
+    claims = {"iss": settings.issuer, "aud": settings.audience, "sub": subject, **extra,
+              "iat": issued, "nbf": issued, "exp": issued + lifetime,
+              "jti": uuid.uuid4().hex}
+    token = jwt.encode(claims, signer.private_key, algorithm=signer.alg,
+                       headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE})
+    return token, claims
 
 
 def issue_access_token(signer, settings, user_id, session_id, now=None):
     """(token, claims) for ``user_id`` in session ``session_id``, signed with ``signer``."""
-    issued = int(time.time() if now is None else now)
-    claims = {
-        "iss": settings.issuer,
-        "aud": settings.audience,
-        "sub": user_id,
-        "iat": issued,
-        "nbf": issued,
-        "exp": issued + settings.access_ttl,
-        "jti": uuid.uuid4().hex,
-        "sid": session_id,
-        "typ": ACCESS_TOKEN_TYPE,
-    }
-    token = jwt.encode(claims, signer.private_key, algorithm=signer.alg,
-                       headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE})
-    return token, claims
+    return _signed(signer, settings, user_id, settings.access_ttl, now, sid=session_id,
+                   typ=ACCESS_TOKEN_TYPE)
+
+
+def issue_service_token(signer, settings, service, now=None):
+    """(token, claims) for ``service`` acting as itself: RFC 9068 §2.2's client-credentials
+    shape, ``sub`` and ``client_id`` both the service's name, no session."""
+    return _signed(signer, settings, service, settings.service_ttl, now, client_id=service)
 
 
 def rejected(reason, message):

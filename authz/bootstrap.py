@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from authz import assignments, effective
 from authz.models import ADMIN, GLOBAL, Assignment, Bootstrap
+from shared.actors import TOKEN_KEY, ServiceTokens
 from shared.backoff import NO_JITTER, Backoff
 from shared.calls import check_declared
 from shared.config import AMQP_URI_KEY, ConfigError, secret, setting
@@ -205,11 +206,13 @@ class BootstrapAdmin(DependencyProvider):
     placeholder in production), ``IDENTITY_RPC_TIMEOUT`` (s, default 5),
     ``BOOTSTRAP_RETRY_MAX_DELAY`` (s, default 10). ``/health`` shows its state
     (``bootstrap_admin``: disabled, pending, done, skipped, failed or refused) and, when it
-    failed or was refused, why (``bootstrap_admin_problem``).
+    failed or was refused, why (``bootstrap_admin_problem``). Its calls carry authz's own
+    service token as their proof (shared.actors).
     """
 
     hub = Hub()
     rpc_calls = {"identity": IDENTITY_CALLS}  # read by deploy/broker_users.py
+    tokens = ServiceTokens()
 
     def __init__(self):
         self.state = "disabled"
@@ -257,7 +260,11 @@ class BootstrapAdmin(DependencyProvider):
         client.start()
         context = system_context()
         bind(dict(context))  # this thread's log lines carry its request id and actor
-        call_identity = identity_caller(client, context, self.timeout)
+
+        def call_identity(method, **kwargs):  # with authz's own token as its proof
+            token = self.tokens.token() if self.tokens.enforced else None
+            proven = {**context, TOKEN_KEY: token} if token else context
+            return identity_caller(client, proven, self.timeout)(method, **kwargs)
 
         backoff = Backoff(initial=0.2, maximum=self.max_delay, jitter=NO_JITTER)
         try:

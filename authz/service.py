@@ -6,6 +6,7 @@ from authz import assignments, effective, roles, schemas
 from authz.bootstrap import BootstrapAdmin
 from authz.models import Base
 from shared import service as kernel  # not imported by name: nameko would take it for a service
+from shared.actors import guarded
 from shared.db import Database
 from shared.errors import NotFound
 from shared.events import event_handler
@@ -36,16 +37,19 @@ class AuthzService(kernel.ServiceBase):
 
     # -- roles --------------------------------------------------------------------------------
     @rpc
+    @guarded("roles:write")
     def create_role(self, data=None, **fields):
         return roles.create(self.db, load(schemas.CreateRoleSchema(), rpc_input(data, fields)))
 
     @rpc
+    @guarded("roles:write")
     def update_role(self, name, changes=None, **fields):
         name = load(schemas.RoleNameSchema(), {"role": name})["role"]
         payload = load(schemas.UpdateRoleSchema(), rpc_input(changes, fields))
         return roles.update(self.db, name, payload)
 
     @rpc
+    @guarded("roles:write")
     def delete_role(self, name):
         return roles.delete(self.db, load(schemas.RoleNameSchema(), {"role": name})["role"])
 
@@ -58,17 +62,20 @@ class AuthzService(kernel.ServiceBase):
         return roles.list_all(self.db)
 
     @rpc
+    @guarded("roles:write")
     def grant(self, role, permissions=None):
         payload = load(schemas.GrantSchema(), {"role": role, "permissions": _as_list(permissions)})
         return roles.grant(self.db, payload["role"], payload["permissions"])
 
     @rpc
+    @guarded("roles:write")
     def revoke(self, role, permissions=None):
         payload = load(schemas.GrantSchema(), {"role": role, "permissions": _as_list(permissions)})
         return roles.revoke(self.db, payload["role"], payload["permissions"])
 
     # -- assignments --------------------------------------------------------------------------
     @rpc
+    @guarded("roles:write")
     def assign_role(self, user_id, role, scope=None):
         payload = load(schemas.AssignmentSchema(),
                        {"user_id": user_id, "role": role, "scope": scope})
@@ -77,6 +84,7 @@ class AuthzService(kernel.ServiceBase):
         return {**assignment, "created": created}
 
     @rpc
+    @guarded("roles:write")
     def unassign_role(self, user_id, role, scope=None):
         payload = load(schemas.AssignmentSchema(),
                        {"user_id": user_id, "role": role, "scope": scope})

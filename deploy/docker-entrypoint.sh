@@ -10,6 +10,8 @@ case "$role" in
   migrate)
     # apply every service's migrations as the schema owners, then narrow the app roles
     python -m shared.migrations ${SERVICES:-identity auth authz audit}
+    # each service's credential for its service tokens (<SVC>_SERVICE_CREDENTIAL), kept hashed
+    python -m auth.credentials register ${SERVICES:-identity auth authz audit}
     exec python -m deploy.grants
     ;;
   broker-users)

@@ -182,7 +182,8 @@ def _identify(state):
         if header is None:
             return
         try:
-            principal = state.validator.validate(bearer_token(header))
+            token = bearer_token(header)
+            principal = state.validator.validate(token)
             if state.sessions is not None:  # revocations may have been missed: ask auth
                 state.sessions.ensure_fresh(state.session_check_interval)
         except PlinthError as exc:
@@ -191,7 +192,7 @@ def _identify(state):
         if principal.session_id in state.revoked:
             current.auth_error = rejected("revoked", "the session has ended")
             return
-        current.principal = principal
+        current.principal, current.token = principal, token
         context.actor_var.set(context.Actor(principal.user_id, principal.actor_type))
 
     return identify

@@ -19,6 +19,7 @@ from marshmallow import ValidationError, fields
 
 from gateway import request_state
 from gateway.errors import UnsupportedMediaType
+from shared.actors import TOKEN_KEY
 from shared.errors import Forbidden, Invalid, PlinthError, Unauthorized
 
 __all__ = ["make_view", "rpc_context", "require_principal", "json_depth", "MAX_JSON_DEPTH"]
@@ -30,13 +31,15 @@ MAX_JSON_DEPTH = 32
 
 
 def rpc_context():
-    """The nameko context data of this request: request id and actor."""
+    """The nameko context data of this request: request id, actor, and the caller's access
+    token as the actor's proof (each service verifies it itself: shared.actors)."""
     state = request_state.current()
     context = {"request_id": state.request_id}
     principal = state.principal
     if principal is not None:
         context["actor_id"] = principal.user_id
         context["actor_type"] = principal.actor_type
+        context[TOKEN_KEY] = state.token
     return context
 
 

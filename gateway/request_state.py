@@ -18,6 +18,7 @@ class RequestState:
         "started",  # perf_counter() at the start, for the access log and metrics
         "access_log",  # False when the access log is turned off
         "principal",  # the caller of a valid, unrevoked bearer token, else None
+        "token",  # that token, forwarded to services as the proof of the actor (never logged)
         "auth_error",  # why the presented token was refused (raised by routes needing one)
         "token_rejected",  # a 401 is about the token sent (WWW-Authenticate: invalid_token)
         "route",  # the route-table entry being served
@@ -31,6 +32,7 @@ class RequestState:
         self.started = None
         self.access_log = True
         self.principal = None
+        self.token = None
         self.auth_error = None
         self.token_rejected = False
         self.route = None

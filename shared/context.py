@@ -84,7 +84,12 @@ class Context:
 
     def __init__(self, context_data):
         self.data = context_data
-        self.request_id, self.actor = bind(context_data)
+        self.request_id, _ = bind(context_data)
+
+    @property
+    def actor(self):
+        # read each time: shared.actors replaces a claimed actor by the one its token proves
+        return actor_from(self.data)
 
 
 class RequestContext(DependencyProvider):

@@ -51,6 +51,8 @@ __all__ = [
     "TOKEN_ERRORS",
     "is_access_token_type",
     "token_rejection",
+    # proven actors
+    "DELEGATIONS",
     # enumerations on the wire
     "ACTOR_TYPES",
     "USER_TYPES",
@@ -246,6 +248,16 @@ def token_rejection(error):
             reason, message = found
             return reason, message.format(claim=getattr(error, "claim", "?"))
     return "malformed", "not a well-formed access token"
+
+
+# -- proven actors (shared.actors) ----------------------------------------------------------
+
+# What a service may do on behalf of a user with its own token (work that runs after the
+# user's token may have expired: saga steps, tasks, event handlers), and only when that user
+# holds the permission. identity's provisioning saga assigns the roles its admin asked for.
+DELEGATIONS = {
+    "identity": ("roles:write",),
+}
 
 
 # -- enumerations on the wire ----------------------------------------------------------------

@@ -40,6 +40,7 @@ from sqlalchemy.orm import sessionmaker
 
 from shared import config as cfg
 from shared import tasks, tracing
+from shared.actors import TOKEN_KEY, ServiceTokens
 from shared.backoff import HALF_JITTER, NO_JITTER, Backoff
 from shared.context import ACTOR_ID_KEY, ACTOR_TYPE_KEY, REQUEST_ID_KEY
 from shared.db import UnitOfWork
@@ -311,6 +312,9 @@ class Sagas(DependencyProvider):
     """
 
     hub = Hub()
+    # a step runs after the starting caller's token may have expired: it carries the
+    # service's own proof, the saga's actor travelling beside it as "on behalf of"
+    tokens = ServiceTokens()
 
     def __init__(self, *definitions, task_dispatcher=None):
         names = [d.name for d in definitions]
@@ -616,6 +620,9 @@ class Sagas(DependencyProvider):
     def _call(self, saga_id, step, action, call, key, view):
         context = {**self._context_of(saga_id), IDEMPOTENCY_KEY: key}
         if isinstance(action, RpcAction):
+            token = self.tokens.token() if self.tokens.enforced else None
+            if token is not None:
+                context[TOKEN_KEY] = token
             with tracing.span(f"{action.service}.{action.method}", tracing.SpanKind.CLIENT,
                               attributes={"rpc.system": "nameko",
                                           "rpc.service": action.service,

@@ -5,6 +5,7 @@ import json
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
+from shared.actors import Proof
 from shared.context import RequestContext
 from shared.health import Health
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -20,10 +21,11 @@ def json_response(body, status=200):
 
 
 class ServiceBase:
-    """Gives a service ``self.context``, ``/health/live``, ``/health/ready``, ``/health``,
-    Prometheus ``/metrics`` (``self.metrics``; see shared.metrics), its registration with
-    Consul (``self.registration``; see shared.registration) and a span per worker
-    (``self.tracing``; see shared.worker_tracing).
+    """Gives a service ``self.context``, ``self.proof`` (who is proven to act, for
+    ``shared.actors.guarded`` methods; see shared.actors), ``/health/live``,
+    ``/health/ready``, ``/health``, Prometheus ``/metrics`` (``self.metrics``; see
+    shared.metrics), its registration with Consul (``self.registration``; see
+    shared.registration) and a span per worker (``self.tracing``; see shared.worker_tracing).
 
     Import this module, not the class (``from shared import service as kernel``): nameko run
     takes every top-level class with entrypoints in a service module for a service.
@@ -32,6 +34,7 @@ class ServiceBase:
     """
 
     context = RequestContext()
+    proof = Proof()
     health = Health()
     registration = Registration()
     metrics = Metrics()

@@ -110,7 +110,13 @@ def production_amqp_uri(request, rabbit_config):
 
 @pytest.fixture
 def service_config(amqp_uri, pg_uri):
-    """Build a nameko config for a service under test: real broker and PostgreSQL."""
+    """Build a nameko config for a service under test: real broker and PostgreSQL.
+
+    Proven actors (shared.actors) are off unless a test turns them on (``ACTOR_PROOF=
+    "enforce"``): this tier tests each service's own behaviour, with callers that hold no
+    tokens; tests/integration/test_actors.py and the security and e2e tiers (real processes,
+    proofs on) test the proofs.
+    """
 
     def make(db_uri=None, **overrides):
         config = {
@@ -119,6 +125,7 @@ def service_config(amqp_uri, pg_uri):
             "WEB_SERVER_ADDRESS": f"127.0.0.1:{find_free_port()}",
             "OUTBOX_POLL_INTERVAL": 0.05,
             "max_workers": 10,
+            "ACTOR_PROOF": "off",
             **CHEAP_ARGON2,
         }
         config.update(overrides)

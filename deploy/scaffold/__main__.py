@@ -119,6 +119,10 @@ def edits(root, values):
             (r"(\n      AUDIT_APP_PASSWORD: .*)",
              lambda m: (f"{m.group(1)}\n      {upper}_OWNER_PASSWORD: ${{{upper}_OWNER_PASSWORD:?}}"
                         f"\n      {upper}_APP_PASSWORD: ${{{upper}_APP_PASSWORD:?}}")),
+            # the migrate job registers the service's credential for its service tokens
+            (r"(\n      [A-Z0-9_]+_SERVICE_CREDENTIAL: .*)(\n    depends_on:)",
+             lambda m: (f"{m.group(1)}\n      {upper}_SERVICE_CREDENTIAL: "
+                        f"${{{upper}_SERVICE_CREDENTIAL:?}}{m.group(2)}")),
             (r"(\n      AUDIT_BROKER_PASSWORD: .*)",  # the broker-users job makes its user
              lambda m: (f"{m.group(1)}\n      {upper}_BROKER_PASSWORD: "
                         f"${{{upper}_BROKER_PASSWORD:?}}")),
@@ -140,6 +144,9 @@ def edits(root, values):
             "AUDIT_APP_PASSWORD=change-me\n",
             f"AUDIT_APP_PASSWORD=change-me\n{upper}_OWNER_PASSWORD=change-me\n"
             f"{upper}_APP_PASSWORD=change-me\n", 1).replace(
+            "AUDIT_SERVICE_CREDENTIAL=change-me\n",
+            f"AUDIT_SERVICE_CREDENTIAL=change-me\n{upper}_SERVICE_CREDENTIAL=change-me\n", 1
+        ).replace(
             "AUDIT_BROKER_PASSWORD=change-me\n",
             f"AUDIT_BROKER_PASSWORD=change-me\n{upper}_BROKER_PASSWORD=change-me\n", 1)
     return changed

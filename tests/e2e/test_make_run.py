@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -167,7 +168,10 @@ def launcher_env_broken(production_amqp_uri, tmp_path):
                PYTHONPATH=str(ROOT), PLINTH_READY_TIMEOUT="30",
                # auth refuses a short key-encryption secret in production: it fails at start
                PLINTH_ENV="production", AUTH_KEY_ENCRYPTION_SECRET="too-short",
-               **{f"{s.upper()}_PORT": str(find_free_port()) for s in SERVICES})
+               **{f"{s.upper()}_PORT": str(find_free_port()) for s in SERVICES},
+               # the other services' production credentials are real: only auth's secret fails
+               **{f"{s.upper()}_SERVICE_CREDENTIAL": secrets.token_urlsafe(32)
+                  for s in SERVICES})
     result = subprocess.run([sys.executable, "-m", "deploy.local.run"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     return result, result.stdout + result.stderr

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.events import EventTap
-from tests.support.fault_helpers import Database, signing_key
+from tests.support.fault_helpers import signing_key
 from tests.support.platform import API, AUTH_SECRET, SERVICES, bearer, platform_fixture, wait_for
 
 platform = platform_fixture(name="sec-secrets")
@@ -32,13 +32,6 @@ NEW_PASSWORD = f"Changed-{uuid.uuid4().hex[:12]}"
 WRONG_PASSWORD = f"Wrong-guess-{uuid.uuid4().hex[:12]}"
 DUPLICATE_PASSWORD = f"Duplicate-{uuid.uuid4().hex[:12]}"
 WEAK_PASSWORD = "password1"  # refused by the policy: still never to be written down
-
-
-@pytest.fixture(scope="module")
-def db(platform):
-    database = Database(platform.db_uri)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +145,7 @@ class Flow:
         for action in ("disable", "enable"):
             assert self.post(f"/users/{user['id']}/{action}", admin).status_code == 200
         client = platform.rpc_client()
-        client.call("auth", "rotate_keys")
+        client.call("auth", "rotate_keys", context={"access_token": admin})
         self.secrets.update(key_material(self.db, signing_key(self.db)))
         assert self.http.delete(platform.url(f"{API}/users/{user['id']}"), timeout=10,
                                 headers=bearer(admin)).status_code == 204

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.fault_helpers import (
     PASSWORD,
-    Database,
     b64url,
     claims_for,
     mint,
@@ -31,13 +30,6 @@ platform = platform_fixture(name="sec-tokens")
 ME = f"{API}/users/me"
 REVOCATION_DELAY = 5.0  # seconds within which an ended session's access token is refused
 NEW_PASSWORD = "amber-Falcon-77-river"
-
-
-@pytest.fixture(scope="module")
-def db(platform):
-    database = Database(platform.db_uri)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -83,10 +83,15 @@ def test_generation_writes_a_whole_service_on_a_free_port(tree):
     assert "identity,auth,authz,audit,billing" in (tree / "config/audit.yaml").read_text()
     assert "\n  billing:\n" in (tree / "docker-compose.yml").read_text()
     assert "BILLING_APP_PASSWORD=change-me" in (tree / ".env.example").read_text()
+    assert "BILLING_SERVICE_CREDENTIAL=change-me" in (tree / ".env.example").read_text()
+    compose = (tree / "docker-compose.yml").read_text()  # the service's and the migrate job's
+    assert compose.count("BILLING_SERVICE_CREDENTIAL: ${BILLING_SERVICE_CREDENTIAL:?}") >= 2
     assert "class BillingService(kernel.ServiceBase)" in (tree / "billing/service.py").read_text()
     routes = routes_from_file(tree / "config/routes.d/billing.yaml")  # every one explicit
     assert [(r.method, r.permission) for r in routes] == \
-        [("POST", "billing:write"), ("GET", "billing:read")]
+        [("POST", "billing:write"), ("GET", "billing:read"), ("DELETE", "billing:write")]
+    # the service checks the proven actor itself on its sensitive method (shared.actors)
+    assert '@guarded("billing:write")' in (tree / "billing/service.py").read_text()
     _, second = generate("shipping", tree)
     assert second == 8106
 

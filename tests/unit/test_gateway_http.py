@@ -217,9 +217,10 @@ def test_caller_path_and_query_become_the_call_arguments(gateway, keys):
     assert response.status_code == 200, response.get_json()
     assert services.last("authz.assign_role").kwargs == {
         "user_id": target, "role": "support", "scope": "billing"}
+    # the caller's token travels as the proof of the actor (each service checks it again)
     assert services.last("authz.assign_role").context == {
         "request_id": response.headers["X-Request-ID"], "actor_id": caller,
-        "actor_type": "user"}
+        "actor_type": "user", "access_token": token}
     services.answer("identity.list_users", {"items": [USER], "next_cursor": None})
     response = client.get(f"{API}/users", query_string={"limit": "5", "status": "active"},
                           headers=bearer(token))

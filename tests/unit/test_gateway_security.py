@@ -142,8 +142,8 @@ def test_an_unknown_kid_refetches_at_most_once_per_interval(rsa_keys):
 def test_a_failed_first_fetch_is_retried_soon_not_after_the_refetch_interval(rsa_keys):
     """A worker whose warm-up could not reach auth has no keys: every bearer request would be
     a 503 for the whole refetch interval. Without keys it retries after a short pause."""
-    from gateway.security import UNLOADED_RETRY_INTERVAL
     from shared.errors import Unavailable
+    from shared.proof import UNLOADED_RETRY_INTERVAL
 
     fetcher = Fetcher(rsa_keys)
     fetcher.error = Unavailable("auth is starting")
@@ -220,7 +220,7 @@ def test_a_remembered_token_is_checked_afresh_once_it_expires(rsa_keys, monkeypa
         validator.validate(token)
     assert len(checks) == 1  # once, then from the cache
     clock = Clock()
-    monkeypatch.setattr("gateway.security.time", clock)
+    monkeypatch.setattr("shared.proof.time", clock)
     clock.offset = 61  # past exp: the cache must not answer (PyJWT's own clock then decides)
     validator.validate(token)
     assert len(checks) == 2
