@@ -287,6 +287,7 @@ def add_instance(platform, name, of):
     process = Process(name, list(original.command), env, port,
                       platform.run_dir / f"{name}.log")
     platform.processes[name] = process
+    platform.instance_of[name] = of  # same broker identity as its service
     return process
 
 

@@ -163,6 +163,7 @@ class Platform:
         self.broker_passwords = {name: uuid.uuid4().hex
                                  for name in (*self.services, *self.extra_services, GATEWAY)}
         self.processes = {}
+        self.instance_of = {}  # extra instance's process name -> its service (add_instance)
         self.http = requests.Session()
         self._admin_token = None
         self._clients = []
@@ -260,6 +261,7 @@ class Platform:
 
     def _identity_env(self, name, env):
         """At a process's start: its own broker credentials on whatever broker URI it has."""
+        name = self.instance_of.get(name, name)  # a second instance runs as its service
         if not self.broker_identities or name not in self.broker_passwords:
             return env
         uri = env.get("AMQP_URI") or self.amqp_uri
