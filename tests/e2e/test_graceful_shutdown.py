@@ -35,6 +35,7 @@ def pair(consul):
         first, name="identity2", port=port, popen=None, starts=0,
         env={**first.env, "IDENTITY_WEB_ADDRESS": f"127.0.0.1:{port}"},
         log_path=first.log_path.with_name("identity2.log"))
+    platform.instance_of["identity2"] = "identity"  # same broker identity as identity
     platform.start_process("identity2")
     try:
         yield platform
