@@ -12,11 +12,10 @@ import jwt
 from shared.contracts import (
     ACCESS_TOKEN_TYPE,
     ISSUED_CLAIMS,
-    MAX_TOKEN_LENGTH,
     is_access_token_type,
     token_rejection,
 )
-from shared.errors import Unauthorized
+from shared.proof import rejected, token_header
 
 REFRESH_TOKEN_BYTES = 32  # 256 bits
 _REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -55,8 +54,6 @@ def issue_service_token(signer, settings, service, now=None):
     return _signed(signer, settings, service, settings.service_ttl, now, client_id=service)
 
 
-def rejected(reason, message):
-    return Unauthorized(f"invalid access token: {message}", {"reason": reason})
 
 
 def verify_access_token(token, keyring, settings):
@@ -65,12 +62,7 @@ def verify_access_token(token, keyring, settings):
     The algorithm comes from the key the ``kid`` names, never from the token, so neither
     ``alg: none`` nor an HMAC token keyed with a public key can pass.
     """
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise rejected("malformed", "not a token")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise rejected("malformed", "not a well-formed JWT") from None
+    header = token_header(token)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise rejected("unknown_key", "no key id")

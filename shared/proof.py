@@ -94,6 +94,17 @@ def rejected(reason, message):
     return Unauthorized(f"invalid access token: {message}", {"reason": reason})
 
 
+def token_header(token):
+    """The unverified JOSE header of ``token``; Unauthorized (``malformed``) when it is not a
+    string of at most ``MAX_TOKEN_LENGTH`` characters holding a well-formed JWT."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise rejected("malformed", "not a token")
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise rejected("malformed", "not a well-formed JWT") from None
+
+
 class Jwks:
     """auth's public keys, fetched through ``fetch()`` and cached (see the module docstring).
     ``on_fetch(outcome)`` ("ok" or "failed") lets a caller count the fetches."""
@@ -226,12 +237,7 @@ class TokenValidator:
         return principal
 
     def _check(self, token):
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise rejected("malformed", "not a token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise rejected("malformed", "not a well-formed JWT") from None
+        header = token_header(token)
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if alg not in self.algorithms:
             raise rejected("algorithm", "algorithm not allowed")
